@@ -1,0 +1,68 @@
+# Vigil. `make help` lists the targets. Everything installs what it needs, as root on Debian.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages the lab, the tests and the fence need.
+DEB_PACKAGES := iproute2 nftables procps curl
+
+.DEFAULT_GOAL := help
+.PHONY: help setup deps run test test-unit test-integration test-e2e lint typecheck schemas \
+        bench lab-down clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages (root; skipped when present)
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages (install as root): $$missing"; fi; \
+	fi
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+.stamp-venv: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+setup: deps .stamp-venv ## create .venv and install Vigil with its dev tools
+
+run: setup ## the lab demo: 3 nodes, kill one, print the failover timeline
+	$(BIN)/vigil lab demo -f examples/lab.yaml
+
+test: setup ## the whole suite: lint, types, unit, integration, e2e (e2e needs root)
+	$(MAKE) --no-print-directory lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+test-unit: setup ## unit tests only (pure logic, no root)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: setup ## integration tests against a real nats-server
+	$(BIN)/pytest -q tests/integration
+
+test-e2e: setup ## end-to-end tests in network namespaces (root)
+	$(BIN)/pytest -q tests/e2e
+
+lint: setup ## ruff and import-linter
+	$(BIN)/ruff check services schemas tests
+	$(BIN)/ruff format --check services schemas tests
+	$(BIN)/lint-imports
+
+typecheck: setup ## mypy --strict on the product code
+	$(BIN)/mypy
+
+schemas: setup ## regenerate schemas/json from the Structs
+	$(BIN)/python -m schemas.generate
+
+bench: setup ## failover and scale benchmarks; writes docs/benchmarks.md
+	$(BIN)/python -m bench
+
+lab-down: ## remove a lab left behind
+	$(BIN)/vigil lab down
+
+clean: lab-down ## remove the venv and caches
+	rm -rf $(VENV) .stamp-venv .pytest_cache .mypy_cache .ruff_cache

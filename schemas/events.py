@@ -1,0 +1,136 @@
+"""Events on the bus: what happened, in the past tense, one JSON object per message.
+
+Every event carries its ``type`` tag, the ``source`` that saw it (``service@node``), a per-source
+``seq`` and a wall-clock ``ts``, so ``nats sub 'vigil.>'`` reads like a log and a consumer can tell
+a stale or duplicated message. Tags are stable strings, never class names.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    source: str
+    seq: int
+    ts: datetime
+
+
+class Heartbeat(Event, frozen=True, kw_only=True, tag="heartbeat"):
+    """A node agent is alive. Sent every ``timing.heartbeat`` (outside ``vigil.>``: it is noise)."""
+
+    node: str
+
+
+class NodeJoined(Event, frozen=True, kw_only=True, tag="node_joined"):
+    node: str
+
+
+class NodeLost(Event, frozen=True, kw_only=True, tag="node_lost"):
+    node: str
+    silent_for: float  # seconds since its last heartbeat, as membership measured it
+
+
+class ConfigApplied(Event, frozen=True, kw_only=True, tag="config_applied"):
+    cluster: str
+    revision: int
+    groups: int
+    nodes: int
+
+
+class PlacementDecided(Event, frozen=True, kw_only=True, tag="placement_decided"):
+    """Placement moved a group: to ``node`` (None = run nowhere) at ``epoch``."""
+
+    group: str
+    node: str | None
+    previous: str | None
+    epoch: int
+    reason: str
+
+
+class AddressAcquired(Event, frozen=True, kw_only=True, tag="address_acquired"):
+    group: str
+    node: str
+    address: str
+    epoch: int
+
+
+class AddressReleased(Event, frozen=True, kw_only=True, tag="address_released"):
+    group: str
+    node: str
+    address: str
+    epoch: int
+
+
+class AppStarted(Event, frozen=True, kw_only=True, tag="app_started"):
+    group: str
+    node: str
+    epoch: int
+    pid: int
+
+
+class AppStopped(Event, frozen=True, kw_only=True, tag="app_stopped"):
+    group: str
+    node: str
+    epoch: int
+    exit_code: int | None
+
+
+class AppFailed(Event, frozen=True, kw_only=True, tag="app_failed"):
+    group: str
+    node: str
+    epoch: int
+    exit_code: int | None
+    reason: str
+
+
+class ServiceUp(Event, frozen=True, kw_only=True, tag="service_up"):
+    """The group serves on ``node`` (Oracle FAN's UP)."""
+
+    group: str
+    node: str
+    address: str
+    epoch: int
+
+
+class ServiceDown(Event, frozen=True, kw_only=True, tag="service_down"):
+    """The group stopped serving on ``node``; ``reason`` is ``failure`` or ``user``."""
+
+    group: str
+    node: str
+    address: str
+    epoch: int
+    reason: str
+
+
+AnyEvent = (
+    Heartbeat
+    | NodeJoined
+    | NodeLost
+    | ConfigApplied
+    | PlacementDecided
+    | AddressAcquired
+    | AddressReleased
+    | AppStarted
+    | AppStopped
+    | AppFailed
+    | ServiceUp
+    | ServiceDown
+)
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    Heartbeat,
+    NodeJoined,
+    NodeLost,
+    ConfigApplied,
+    PlacementDecided,
+    AddressAcquired,
+    AddressReleased,
+    AppStarted,
+    AppStopped,
+    AppFailed,
+    ServiceUp,
+    ServiceDown,
+)

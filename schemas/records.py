@@ -1,0 +1,52 @@
+"""Records stored in JetStream key-value buckets (the durable, level-triggered state)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+NodeState = Literal["up", "lost"]
+Mode = Literal["normal", "failover", "offline", "halted"]
+
+
+class NodeRecord(msgspec.Struct, frozen=True):
+    """Bucket ``nodes``, key = node name. Written by membership on every transition."""
+
+    name: str
+    state: NodeState
+    since: datetime
+
+
+class Placement(msgspec.Struct, frozen=True):
+    """Bucket ``placement``, key = group name. Written by placement with a compare-and-set.
+
+    ``node`` is None when the group runs nowhere (halted). ``epoch`` grows by one per decision,
+    so a node can drop any decision older than one it has already seen.
+    """
+
+    group: str
+    node: str | None
+    epoch: int
+    reason: str = ""
+
+
+class AddressStatus(msgspec.Struct, frozen=True):
+    """Bucket ``observed``, key ``address.<node>.<group>``. Written by the node's address service."""
+
+    group: str
+    node: str
+    address: str
+    held: bool
+    epoch: int
+
+
+class AppStatus(msgspec.Struct, frozen=True):
+    """Bucket ``observed``, key ``app.<node>.<group>``. Written by the node's supervisor."""
+
+    group: str
+    node: str
+    running: bool
+    epoch: int
+    pid: int | None = None

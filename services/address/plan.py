@@ -1,0 +1,55 @@
+"""What the address service should do, pure: desired and actual addresses in, actions out.
+
+The halt order is app first, then address: an address whose app still runs here is kept until
+the supervisor reports the app stopped, so clients never reach a node with half a group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+
+
+@dataclass(frozen=True)
+class Want:
+    group: str
+    address: IPv4Interface
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Acquire:
+    group: str
+    address: IPv4Interface
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Release:
+    group: str
+    address: IPv4Interface
+
+
+Action = Acquire | Release
+
+
+def plan(
+    desired: Mapping[str, Want],
+    managed: Mapping[IPv4Interface, str],
+    actual: Set[IPv4Interface],
+    held_epoch: Mapping[str, int],
+    app_running: Set[str],
+) -> list[Action]:
+    """``managed`` maps every group address of the cluster to its group; addresses outside it
+    are not ours and are never touched."""
+    actions: list[Action] = []
+    for address in sorted(actual & managed.keys()):
+        group = managed[address]
+        want = desired.get(group)
+        if (want is None or want.address != address) and group not in app_running:
+            actions.append(Release(group, address))
+    for group, want in sorted(desired.items()):
+        if want.address not in actual or held_epoch.get(group) != want.epoch:
+            actions.append(Acquire(group, want.address, want.epoch))
+    return actions

@@ -1,0 +1,264 @@
+"""The address service's I/O: heartbeats and the fence, netlink, gratuitous ARP, events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from ipaddress import IPv4Address, IPv4Interface
+
+from schemas.cluster import ClusterSpec
+from schemas.events import (
+    AddressAcquired,
+    AddressReleased,
+    AppFailed,
+    AppStopped,
+    ConfigApplied,
+    Heartbeat,
+    PlacementDecided,
+)
+from schemas.records import AddressStatus, AppStatus, Placement
+
+from ..core.bus import Bus, encode, get_record, kv
+from ..core.clusterconfig import ConfigSource
+from ..core.kvcache import KVCache
+from ..core.runner import every
+from ..core.subjects import address_key, app_key
+from .fence import Fence
+from .garp import send_gratuitous_arp
+from .netlink import Netlink
+from .plan import Acquire, Release, Want, plan
+
+log = logging.getLogger(__name__)
+
+
+def fence_ttl(heartbeat: float, lease: float) -> float:
+    """How long one renewal keeps our addresses answering. See docs/safety.md: the fence must
+    lapse before membership may declare us lost (lease), with a heartbeat of slack for the
+    round trip and another for clock drift and scheduling."""
+    return lease - 2 * heartbeat
+
+
+class AddressService:
+    def __init__(self, bus: Bus, node: str, interface: str | None = None) -> None:
+        self.bus = bus
+        self.node = node
+        self.interface = interface
+        self.config = ConfigSource(bus)
+        self.dirty = asyncio.Event()
+        self.held: dict[str, int] = {}  # group -> epoch we acquired it at
+        self.fence_expiry = 0.0  # monotonic time our current lease lapses
+        self.fence: Fence | None = None
+        self.netlink: Netlink | None = None
+
+    # -- set-up --------------------------------------------------------------------------------
+    def ifname(self, spec: ClusterSpec) -> str:
+        if self.interface:
+            return self.interface
+        node = next((n for n in spec.nodes if n.name == self.node), None)
+        return node.interface if node else "eth0"
+
+    def managed(self) -> dict[IPv4Interface, str]:
+        spec = self.config.spec
+        if spec is None:
+            return {}
+        return {IPv4Interface(g.address): g.name for g in spec.groups}
+
+    async def run(self) -> None:
+        s = self.bus.subjects
+        while self.config.spec is None:  # nothing to do, and no lease to hold, before a config
+            await self.config.refresh()
+            if self.config.spec is None:
+                await asyncio.sleep(0.5)
+        assert self.config.spec is not None
+        ifname = self.ifname(self.config.spec)
+        # pyroute2's IPRoute is synchronous and refuses to run on the loop's thread.
+        self.netlink = await asyncio.to_thread(Netlink, ifname)
+        self.fence = Fence(ifname)
+        await self.fence.install(self.vips())  # no lease yet: nothing of ours answers
+        mark = lambda _key: self.dirty.set()  # noqa: E731
+        observed = await kv(self.bus, s.bucket_observed)
+        self.observed = observed
+        self.placement_bucket = await kv(self.bus, s.bucket_placement)
+        self.placements = KVCache(self.placement_bucket, Placement, on_change=mark)
+        self.apps = KVCache(observed, AppStatus, keys=f"app.{self.node}.>", on_change=mark)
+        await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
+        await self.bus.subscribe(s.all_app_events(self.node), (AppStopped, AppFailed), self.on_app)
+        await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
+        log.info("address service for node %s on %s", self.node, ifname)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.placements.run(), name="watch-placement")
+                tg.create_task(self.apps.run(), name="watch-apps")
+                tg.create_task(self.heartbeat_loop(), name="heartbeat")
+                tg.create_task(every(1.0, self.tick), name="resync")
+                tg.create_task(self.reconcile_loop(), name="reconcile")
+        finally:
+            await asyncio.to_thread(self.netlink.close)
+
+    def vips(self) -> list[IPv4Address]:
+        return [a.ip for a in self.managed()]
+
+    def timing(self) -> tuple[float, float]:
+        spec = self.config.spec
+        assert spec is not None
+        return spec.cluster.timing.heartbeat, spec.cluster.timing.lease
+
+    # -- the lease -----------------------------------------------------------------------------
+    async def heartbeat_loop(self) -> None:
+        """Say we are alive; once the server has it (flush), extend the kernel fence."""
+        assert self.fence is not None
+        while True:
+            heartbeat, lease = self.timing()
+            ttl = fence_ttl(heartbeat, lease)
+            started = time.monotonic()
+            try:
+                await self.bus.nc.publish(
+                    self.bus.subjects.heartbeat(self.node),
+                    encode(Heartbeat(**self.bus.stamp(), node=self.node)),
+                )
+                await self.bus.nc.flush(timeout=max(heartbeat, 0.05))
+                await self.fence.renew(self.leased(), int(ttl * 1000), self.vips())
+                self.fence_expiry = started + ttl
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat not acknowledged (%s); lease runs out in %.3fs", exc,
+                            self.fence_expiry - time.monotonic())
+            if time.monotonic() >= self.fence_expiry and self.held:
+                await self.drop_all("lease lapsed")
+            await asyncio.sleep(max(0.0, started + heartbeat - time.monotonic()))
+
+    def leased(self) -> list[IPv4Address]:
+        by_group = {g: a for a, g in self.managed().items()}
+        return [by_group[g].ip for g in self.held if g in by_group]
+
+    def in_lease(self) -> bool:
+        return time.monotonic() < self.fence_expiry
+
+    async def drop_all(self, why: str) -> None:
+        """Our lease lapsed: the cluster may already have moved our groups. Let go of everything
+        locally; the next reconcile re-reads the bus before taking anything back."""
+        assert self.netlink is not None
+        log.error("%s: releasing every address held here", why)
+        managed = self.managed()
+        netlink = self.netlink
+        for address in await asyncio.to_thread(netlink.addresses) & managed.keys():
+            await asyncio.to_thread(netlink.remove, address)
+        self.held.clear()
+        self.dirty.set()
+
+    # -- edge triggers -------------------------------------------------------------------------
+    async def on_placement(self, event: PlacementDecided) -> None:
+        current = self.placements.get(event.group)
+        if current is not None and current.epoch >= event.epoch:
+            return  # stale or duplicate decision
+        placement = Placement(event.group, event.node, event.epoch, event.reason)
+        self.placements.note(event.group, self.placements.revision(event.group) or 0, placement)
+        self.dirty.set()
+
+    async def on_app(self, event: AppStopped | AppFailed) -> None:
+        key = app_key(self.node, event.group)
+        self.apps.note(key, self.apps.revision(key) or 0,
+                       AppStatus(event.group, self.node, False, event.epoch))
+        self.dirty.set()
+
+    async def on_config(self, _: ConfigApplied) -> None:
+        if await self.config.refresh():
+            self.dirty.set()
+
+    async def tick(self) -> None:
+        await self.config.refresh()
+        self.dirty.set()
+
+    # -- reconcile -----------------------------------------------------------------------------
+    async def reconcile_loop(self) -> None:
+        await self.placements.ready.wait()
+        await self.apps.ready.wait()
+        while True:
+            await self.dirty.wait()
+            self.dirty.clear()
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile failed; retrying on the next tick")
+
+    async def reconcile(self) -> None:
+        spec = self.config.spec
+        assert spec is not None and self.netlink is not None
+        groups = {g.name: g for g in spec.groups}
+        desired = {
+            p.group: Want(p.group, IPv4Interface(groups[p.group].address), p.epoch)
+            for p in self.placements.values().values()
+            if p.node == self.node and p.group in groups
+        }
+        running = {a.group for a in self.apps.values().values() if a.running}
+        actual = await asyncio.to_thread(self.netlink.addresses)
+        # Forget holdings whose address vanished (removed by hand, or by the kernel).
+        managed = self.managed()
+        for group in list(self.held):
+            if not any(managed.get(a) == group for a in actual):
+                del self.held[group]
+        for action in plan(desired, managed, actual, self.held, running):
+            if isinstance(action, Release):
+                await self.release(action)
+            else:
+                await self.acquire(action)
+
+    async def acquire(self, action: Acquire) -> None:
+        assert self.netlink is not None and self.fence is not None
+        if not self.in_lease():
+            log.info("not acquiring %s: this node holds no lease right now", action.group)
+            return
+        # Read the decision fresh from the bus: a cache can lag behind after a reconnect, and
+        # acquiring on a stale decision is how an address ends up on two nodes.
+        fresh = await get_record(self.placement_bucket, action.group, Placement)
+        if fresh is None or fresh.node != self.node or fresh.epoch != action.epoch:
+            log.info("not acquiring %s: placement moved on (%s)", action.group, fresh)
+            self.dirty.set()
+            return
+        self.held[action.group] = action.epoch
+        heartbeat, lease = self.timing()
+        ttl = fence_ttl(heartbeat, lease)
+        # Lease first, then the address: the address must answer the moment it exists.
+        await self.fence.renew(self.leased(), int(ttl * 1000), self.vips())
+        await asyncio.to_thread(self.netlink.add, action.address)
+        send_gratuitous_arp(self.netlink.ifname, action.address.ip, count=1)
+        log.info("acquired %s for %s (epoch %d)", action.address, action.group, action.epoch)
+        await self.announce(action.group, action.address, action.epoch, held=True)
+        # A second announcement a little later catches a neighbour that missed the first.
+        asyncio.get_running_loop().call_later(
+            0.2, self._garp_again, self.netlink.ifname, action.address.ip, action.group
+        )
+
+    def _garp_again(self, ifname: str, ip: IPv4Address, group: str) -> None:
+        if group in self.held:
+            try:
+                send_gratuitous_arp(ifname, ip, count=1)
+            except OSError as exc:
+                log.warning("repeat gratuitous ARP for %s failed: %s", ip, exc)
+
+    async def release(self, action: Release) -> None:
+        assert self.netlink is not None and self.fence is not None
+        epoch = self.held.pop(action.group, 0)
+        await asyncio.to_thread(self.netlink.remove, action.address)
+        heartbeat, lease = self.timing()
+        await self.fence.renew(self.leased(), int(fence_ttl(heartbeat, lease) * 1000), self.vips())
+        log.info("released %s of %s", action.address, action.group)
+        placement = self.placements.get(action.group)
+        await self.announce(action.group, action.address,
+                            placement.epoch if placement else epoch, held=False)
+
+    async def announce(self, group: str, address: IPv4Interface, epoch: int, *, held: bool) -> None:
+        s = self.bus.subjects
+        kind = AddressAcquired if held else AddressReleased
+        await self.bus.publish(
+            s.address(self.node, group, "acquired" if held else "released"),
+            kind(**self.bus.stamp(), group=group, node=self.node, address=str(address),
+                 epoch=epoch),
+        )
+        status = AddressStatus(group, self.node, str(address), held, epoch)
+        await self.observed.put(address_key(self.node, group), encode(status))
+

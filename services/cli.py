@@ -1,0 +1,279 @@
+"""``vigil``: the operator's command line, and the entry point of every service.
+
+Exit codes: 0 success, 1 failure (a one-line reason on stderr), 2 usage or missing privileges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+
+from .core import config as config_mod
+from .core.bus import Bus, nats_urls
+from .core.subjects import Subjects
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lab.yaml"
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"vigil: {message}", file=sys.stderr)
+    return code
+
+
+def client_urls(args: argparse.Namespace) -> list[str]:
+    """For operator commands: --nats, VIGIL_NATS_URL, else the running lab's door, else local."""
+    if args.nats or os.environ.get("VIGIL_NATS_URL"):
+        return nats_urls(args.nats)
+    from .lab.lab import LabState
+
+    state = LabState.load(getattr(args, "prefix", None) or "vlab")
+    return [state.host_url] if state else nats_urls(None)
+
+
+async def connect(args: argparse.Namespace, service: str, name: str | None = None) -> Bus:
+    return await Bus.connect(nats_urls(args.nats), Subjects.from_env(), service, name=name)
+
+
+# -- operator commands ---------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        spec = config_mod.load_file(args.file)
+    except config_mod.ConfigError as exc:
+        return fail(f"{args.file}: {exc}")
+    print(f"{args.file}: valid ({len(spec.nodes)} nodes, {len(spec.groups)} groups)")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    try:
+        spec = config_mod.load_file(args.file)
+    except config_mod.ConfigError as exc:
+        return fail(f"{args.file}: {exc} (nothing applied)")
+    from .core.clusterconfig import store
+
+    async def go() -> int:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            return await store(bus, spec)
+        finally:
+            await bus.close()
+
+    try:
+        revision = asyncio.run(go())
+    except Exception as exc:
+        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+    print(f"applied {args.file} as revision {revision}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+
+    async def go() -> status.StatusView:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            return await status.read(bus)
+        finally:
+            await bus.close()
+
+    try:
+        view = asyncio.run(go())
+    except Exception as exc:
+        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+    if args.output == "json":
+        print(msgspec.json.encode(view).decode())
+    else:
+        print(status.render_table(view))
+    return 0
+
+
+# -- services ------------------------------------------------------------------------------------
+def node_name(args: argparse.Namespace) -> str | None:
+    return args.node or os.environ.get("VIGIL_NODE")
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from .core.runner import run
+
+    service = args.command
+    node = node_name(args) if service in ("address", "supervisor") else None
+    if service in ("address", "supervisor") and not node:
+        return fail(f"{service}: --node (or VIGIL_NODE) is required", 2)
+
+    async def main() -> None:
+        bus = await connect(args, service, name=node)
+        try:
+            if service == "membership":
+                from .membership.service import Membership
+
+                await Membership(bus).run()
+            elif service == "placement":
+                from .placement.service import PlacementService
+
+                await PlacementService(bus).run()
+            elif service == "address":
+                from .address.service import AddressService
+
+                assert node is not None
+                await AddressService(bus, node, args.interface).run()
+            else:
+                from .supervisor.service import Supervisor
+
+                assert node is not None
+                state_dir = Path(args.state_dir or f"/var/lib/vigil/{node}")
+                await Supervisor(bus, node, state_dir).run()
+        finally:
+            await bus.close()
+
+    return run(main(), service)
+
+
+def cmd_nats(args: argparse.Namespace) -> int:
+    """The embedded broker in the foreground (JetStream on, data in the state directory)."""
+    from .core import embedded
+
+    state = Path(args.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    argv = embedded.server_command(args.host, args.port, state)
+    print(f"vigil: embedded NATS on nats://{args.host}:{args.port}, data in {state}",
+          file=sys.stderr)
+    os.execv(argv[0], argv)
+
+
+# -- the lab -------------------------------------------------------------------------------------
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .lab import lab as lab_mod
+    from .lab.netns import LabError
+
+    reason = lab_mod.require_root()
+    if reason is not None:
+        return fail(f"lab {args.lab_command}: {reason}", 2)
+    lab = lab_mod.Lab(args.prefix)
+    try:
+        if args.lab_command == "up":
+            spec = lab_spec(args)
+            state = lab.up(spec)
+            print(f"lab {args.prefix} is up: {len(state.nodes)} nodes, NATS at {state.host_url}")
+            print(f"  watch it:  nats sub -s {state.host_url} 'vigil.>'")
+            print("  status:    vigil status")
+        elif args.lab_command == "down":
+            removed = lab.down()
+            print(f"lab {args.prefix} is down ({len(removed)} namespaces removed)")
+        elif args.lab_command == "kill":
+            killed = lab.kill(args.node)
+            print(f"node {args.node} killed ({len(killed)} processes) and its link is down")
+        elif args.lab_command == "revive":
+            lab.revive(args.node)
+            print(f"node {args.node} revived")
+        elif args.lab_command == "info":
+            state = lab.state()
+            info = {"prefix": state.prefix, "nats_url": state.host_url, "nodes": state.nodes,
+                    "namespaces": [state.ns(w) for w in ("bus", *state.nodes, "client")],
+                    "logs": str(lab.dir)}
+            print(msgspec.json.encode(info).decode() if args.output == "json" else
+                  "\n".join(f"{k}: {v}" for k, v in info.items()))
+        elif args.lab_command == "exec":
+            state = lab.state()
+            who = args.who
+            if who not in (*state.nodes, "client", "bus"):
+                return fail(f"lab exec: unknown node {who!r}", 2)
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            if not cmd:
+                return fail("lab exec: give a command after --", 2)
+            return subprocess.call(["ip", "netns", "exec", state.ns(who), *cmd],
+                                   env=lab.env())
+        elif args.lab_command == "demo":
+            from .lab.demo import run_demo
+
+            return run_demo(lab, lab_spec(args))
+    except (LabError, config_mod.ConfigError) as exc:
+        return fail(f"lab {args.lab_command}: {exc}")
+    return 0
+
+
+def lab_spec(args: argparse.Namespace) -> msgspec.Struct:
+    from .lab.specs import generated
+
+    if args.file:
+        spec = config_mod.load_file(args.file)
+        if args.nodes and args.nodes != len(spec.nodes):
+            raise config_mod.ConfigError("nodes", f"{args.file} has {len(spec.nodes)} nodes, "
+                                         f"not {args.nodes}")
+        return spec
+    if args.nodes:
+        return generated(args.nodes)
+    return config_mod.load_file(EXAMPLE)
+
+
+# -- the parser ----------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vigil", description="Vigil: cooperative resource groups")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_nats(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--nats", help="NATS URL(s), comma-separated (default: $VIGIL_NATS_URL, "
+                        "the running lab, or nats://127.0.0.1:4222)")
+        return sp
+
+    v = sub.add_parser("validate", help="check a cluster file; change nothing")
+    v.add_argument("-f", "--file", required=True)
+    v.set_defaults(func=cmd_validate)
+    a = with_nats(sub.add_parser("apply", help="validate and store a cluster file on the bus"))
+    a.add_argument("-f", "--file", required=True)
+    a.set_defaults(func=cmd_apply, prefix="vlab")
+    s = with_nats(sub.add_parser("status", help="nodes and groups, as the bus sees them"))
+    s.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    s.set_defaults(func=cmd_status, prefix="vlab")
+
+    for name, text in (("membership", "run the membership service"),
+                       ("placement", "run the placement service")):
+        with_nats(sub.add_parser(name, help=text)).set_defaults(func=cmd_service)
+    ad = with_nats(sub.add_parser("address", help="run this node's address service"))
+    ad.add_argument("--node", help="this node's name (default: $VIGIL_NODE)")
+    ad.add_argument("--interface", help="interface for the addresses (default: from the file)")
+    ad.set_defaults(func=cmd_service)
+    su = with_nats(sub.add_parser("supervisor", help="run this node's application supervisor"))
+    su.add_argument("--node", help="this node's name (default: $VIGIL_NODE)")
+    su.add_argument("--state-dir", help="logs and state (default: /var/lib/vigil/NODE)")
+    su.set_defaults(func=cmd_service)
+    n = sub.add_parser("nats", help="run the embedded NATS server (JetStream on)")
+    n.add_argument("--host", default="127.0.0.1")
+    n.add_argument("--port", type=int, default=4222)
+    n.add_argument("--state-dir", default="/var/lib/vigil/nats")
+    n.set_defaults(func=cmd_nats)
+
+    lab = sub.add_parser("lab", help="a real cluster in network namespaces on this machine")
+    lab.add_argument("--prefix", default=os.environ.get("VIGIL_LAB", "vlab"),
+                     help="namespace name prefix (default: vlab)")
+    lab.set_defaults(func=cmd_lab)
+    ls = lab.add_subparsers(dest="lab_command", required=True)
+    for name, text in (("up", "build the lab, start everything, apply the file"),
+                       ("demo", "build a lab, fail a node over, print the timeline, remove it")):
+        sp = ls.add_parser(name, help=text)
+        sp.add_argument("-f", "--file", help="cluster file (default: examples/lab.yaml)")
+        sp.add_argument("--nodes", type=int, help="number of nodes (generates a file if no -f)")
+    ls.add_parser("down", help="remove every namespace and process of the lab")
+    for name, text in (("kill", "hard node loss: SIGKILL its processes, link down"),
+                       ("revive", "bring a killed node back")):
+        ls.add_parser(name, help=text).add_argument("node")
+    info = ls.add_parser("info", help="where the lab's NATS is, its namespaces and logs")
+    info.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    ex = ls.add_parser("exec", help="run a command in a node's or the client's namespace")
+    ex.add_argument("who", help="a node name, 'client' or 'bus'")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

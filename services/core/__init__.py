@@ -1,0 +1,1 @@
+"""The shared core every service uses: subjects, bus connection, config loading, runner."""

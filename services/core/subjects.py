@@ -1,0 +1,100 @@
+"""Every subject and bucket name Vigil uses, built in one place from a configurable root.
+
+Tests give each run its own root (``VIGIL_ROOT``) so they can share one nats-server. Heartbeats
+live under ``<root>_hb`` rather than ``<root>.``: they are frequent and carry no news, so
+``nats sub 'vigil.>'`` shows only events worth reading.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Subjects:
+    root: str = "vigil"
+
+    @classmethod
+    def from_env(cls) -> Subjects:
+        return cls(os.environ.get("VIGIL_ROOT", "vigil"))
+
+    # -- events (all under <root>.>, kept in the event stream) --------------------------------
+    @property
+    def all_events(self) -> str:
+        return f"{self.root}.>"
+
+    def heartbeat(self, node: str) -> str:
+        return f"{self.root}_hb.{node}"
+
+    @property
+    def all_heartbeats(self) -> str:
+        return f"{self.root}_hb.*"
+
+    def node_joined(self, node: str) -> str:
+        return f"{self.root}.node.{node}.joined"
+
+    def node_lost(self, node: str) -> str:
+        return f"{self.root}.node.{node}.lost"
+
+    @property
+    def all_node_events(self) -> str:
+        return f"{self.root}.node.*.*"
+
+    @property
+    def config_applied(self) -> str:
+        return f"{self.root}.config.applied"
+
+    def placement(self, group: str) -> str:
+        return f"{self.root}.placement.{group}"
+
+    @property
+    def all_placements(self) -> str:
+        return f"{self.root}.placement.*"
+
+    def address(self, node: str, group: str, what: str) -> str:
+        return f"{self.root}.address.{node}.{group}.{what}"
+
+    def all_address_events(self, node: str = "*") -> str:
+        return f"{self.root}.address.{node}.*.*"
+
+    def app(self, node: str, group: str, what: str) -> str:
+        return f"{self.root}.app.{node}.{group}.{what}"
+
+    def all_app_events(self, node: str = "*") -> str:
+        return f"{self.root}.app.{node}.*.*"
+
+    def service(self, group: str, what: str) -> str:
+        return f"{self.root}.service.{group}.{what}"
+
+    # -- durable state ------------------------------------------------------------------------
+    @property
+    def stream(self) -> str:
+        return f"{self.root.upper()}_EVENTS"
+
+    @property
+    def bucket_config(self) -> str:
+        return f"{self.root}_config"
+
+    @property
+    def bucket_nodes(self) -> str:
+        return f"{self.root}_nodes"
+
+    @property
+    def bucket_placement(self) -> str:
+        return f"{self.root}_placement"
+
+    @property
+    def bucket_observed(self) -> str:
+        return f"{self.root}_observed"
+
+
+CONFIG_KEY = "cluster"
+
+
+def address_key(node: str, group: str) -> str:
+    return f"address.{node}.{group}"
+
+
+def app_key(node: str, group: str) -> str:
+    return f"app.{node}.{group}"

@@ -1,0 +1,149 @@
+"""The placement service's I/O: live caches in, compare-and-set decisions out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.js.kv import KeyValue
+
+from schemas.events import (
+    AddressAcquired,
+    AddressReleased,
+    ConfigApplied,
+    NodeJoined,
+    NodeLost,
+    PlacementDecided,
+)
+from schemas.records import AddressStatus, NodeRecord, Placement
+
+from ..core.bus import Bus, encode, ensure_stream, kv
+from ..core.clusterconfig import ConfigSource
+from ..core.kvcache import KVCache
+from ..core.runner import every
+from ..core.subjects import address_key
+from .rules import Snapshot, decide
+
+log = logging.getLogger(__name__)
+
+RESYNC = 1.0  # seconds between level-triggered reconciles
+
+
+class PlacementService:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.config = ConfigSource(bus)
+        self.dirty = asyncio.Event()
+        self.started = time.monotonic()
+
+    async def run(self) -> None:
+        s = self.bus.subjects
+        await ensure_stream(self.bus)
+        mark = lambda _key: self.dirty.set()  # noqa: E731
+        self.placement_bucket: KeyValue = await kv(self.bus, s.bucket_placement)
+        self.nodes = KVCache(await kv(self.bus, s.bucket_nodes), NodeRecord, on_change=mark)
+        self.placements = KVCache(self.placement_bucket, Placement, on_change=mark)
+        self.addresses = KVCache(
+            await kv(self.bus, s.bucket_observed), AddressStatus, keys="address.>", on_change=mark
+        )
+        await self.bus.subscribe(s.all_node_events, (NodeJoined, NodeLost), self.on_node)
+        await self.bus.subscribe(
+            s.all_address_events(), (AddressAcquired, AddressReleased), self.on_address
+        )
+        await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
+        async with asyncio.TaskGroup() as tg:
+            for name, cache in (("nodes", self.nodes), ("placement", self.placements),
+                                ("addresses", self.addresses)):
+                tg.create_task(cache.run(), name=f"watch-{name}")
+            tg.create_task(every(RESYNC, self.tick), name="resync")
+            tg.create_task(self.reconcile_loop(), name="reconcile")
+
+    # -- edge triggers: update the local view at once, then reconcile -------------------------
+    async def on_node(self, event: NodeJoined | NodeLost) -> None:
+        state = "lost" if isinstance(event, NodeLost) else "up"
+        rev = self.nodes.revision(event.node) or 0
+        self.nodes.note(event.node, rev, NodeRecord(name=event.node, state=state, since=event.ts))
+        self.dirty.set()
+
+    async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
+        key = address_key(event.node, event.group)
+        held = isinstance(event, AddressAcquired)
+        status = AddressStatus(event.group, event.node, event.address, held, event.epoch)
+        self.addresses.note(key, self.addresses.revision(key) or 0, status)
+        self.dirty.set()
+
+    async def on_config(self, _: ConfigApplied) -> None:
+        if await self.config.refresh():
+            self.dirty.set()
+
+    async def tick(self) -> None:
+        await self.config.refresh()
+        self.dirty.set()
+
+    # -- the reconcile: one at a time ---------------------------------------------------------
+    async def reconcile_loop(self) -> None:
+        for cache in (self.nodes, self.placements, self.addresses):
+            await cache.ready.wait()
+        while True:
+            await self.dirty.wait()
+            self.dirty.clear()
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile failed; retrying on the next tick")
+
+    def snapshot(self) -> Snapshot | None:
+        spec = self.config.spec
+        if spec is None:
+            return None
+        up = {n for n, r in self.nodes.values().items() if r.state == "up"}
+        held: dict[str, set[str]] = {}
+        for status in self.addresses.values().values():
+            if status.held and status.node in up:
+                held.setdefault(status.group, set()).add(status.node)
+        # Settled once every node had a lease's worth of time (plus slack) to say hello.
+        settle = 3 * spec.cluster.timing.lease
+        return Snapshot(
+            spec=spec,
+            up=up,
+            current=self.placements.values(),
+            held_by=held,
+            settled=time.monotonic() - self.started >= settle or up >= {n.name for n in spec.nodes},
+        )
+
+    async def reconcile(self) -> None:
+        snap = self.snapshot()
+        if snap is None:
+            return
+        for decision in decide(snap):
+            await self.commit(decision, snap.current.get(decision.group))
+
+    async def commit(self, decision: Placement, previous: Placement | None) -> None:
+        """Store with compare-and-set; publish only when this replica's write won."""
+        key = decision.group
+        try:
+            if previous is None:
+                revision = await self.placement_bucket.create(key, encode(decision))
+            else:
+                last = self.placements.revision(key) or 0
+                revision = await self.placement_bucket.update(key, encode(decision), last=last)
+        except Exception as exc:
+            log.info("placement of %s changed under us (%s); will re-read", key, exc)
+            return
+        self.placements.note(key, revision, decision)
+        log.info("group %s -> %s (epoch %d): %s", key, decision.node, decision.epoch,
+                 decision.reason)
+        await self.bus.publish(
+            self.bus.subjects.placement(key),
+            PlacementDecided(
+                **self.bus.stamp(),
+                group=key,
+                node=decision.node,
+                previous=previous.node if previous else None,
+                epoch=decision.epoch,
+                reason=decision.reason,
+            ),
+        )
