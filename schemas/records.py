@@ -33,7 +33,7 @@ class Placement(msgspec.Struct, frozen=True):
 
 
 class AddressStatus(msgspec.Struct, frozen=True):
-    """Bucket ``observed``, key ``address.<node>.<group>``. Written by the node's address service."""
+    """Bucket ``observed``, key ``address.<node>.<group>``; written by the address service."""
 
     group: str
     node: str

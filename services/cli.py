@@ -14,6 +14,8 @@ from pathlib import Path
 
 import msgspec
 
+from schemas.cluster import ClusterSpec
+
 from .core import config as config_mod
 from .core.bus import Bus, nats_urls
 from .core.subjects import Subjects
@@ -141,8 +143,9 @@ def cmd_nats(args: argparse.Namespace) -> int:
     state = Path(args.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     argv = embedded.server_command(args.host, args.port, state)
-    print(f"vigil: embedded NATS on nats://{args.host}:{args.port}, data in {state}",
-          file=sys.stderr)
+    print(
+        f"vigil: embedded NATS on nats://{args.host}:{args.port}, data in {state}", file=sys.stderr
+    )
     os.execv(argv[0], argv)
 
 
@@ -173,11 +176,18 @@ def cmd_lab(args: argparse.Namespace) -> int:
             print(f"node {args.node} revived")
         elif args.lab_command == "info":
             state = lab.state()
-            info = {"prefix": state.prefix, "nats_url": state.host_url, "nodes": state.nodes,
-                    "namespaces": [state.ns(w) for w in ("bus", *state.nodes, "client")],
-                    "logs": str(lab.dir)}
-            print(msgspec.json.encode(info).decode() if args.output == "json" else
-                  "\n".join(f"{k}: {v}" for k, v in info.items()))
+            info = {
+                "prefix": state.prefix,
+                "nats_url": state.host_url,
+                "nodes": state.nodes,
+                "namespaces": [state.ns(w) for w in ("bus", *state.nodes, "client")],
+                "logs": str(lab.dir),
+            }
+            print(
+                msgspec.json.encode(info).decode()
+                if args.output == "json"
+                else "\n".join(f"{k}: {v}" for k, v in info.items())
+            )
         elif args.lab_command == "exec":
             state = lab.state()
             who = args.who
@@ -186,8 +196,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             if not cmd:
                 return fail("lab exec: give a command after --", 2)
-            return subprocess.call(["ip", "netns", "exec", state.ns(who), *cmd],
-                                   env=lab.env())
+            return subprocess.call(["ip", "netns", "exec", state.ns(who), *cmd], env=lab.env())
         elif args.lab_command == "demo":
             from .lab.demo import run_demo
 
@@ -197,14 +206,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
-def lab_spec(args: argparse.Namespace) -> msgspec.Struct:
+def lab_spec(args: argparse.Namespace) -> ClusterSpec:
     from .lab.specs import generated
 
     if args.file:
         spec = config_mod.load_file(args.file)
         if args.nodes and args.nodes != len(spec.nodes):
-            raise config_mod.ConfigError("nodes", f"{args.file} has {len(spec.nodes)} nodes, "
-                                         f"not {args.nodes}")
+            raise config_mod.ConfigError(
+                "nodes", f"{args.file} has {len(spec.nodes)} nodes, not {args.nodes}"
+            )
         return spec
     if args.nodes:
         return generated(args.nodes)
@@ -217,8 +227,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_nats(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--nats", help="NATS URL(s), comma-separated (default: $VIGIL_NATS_URL, "
-                        "the running lab, or nats://127.0.0.1:4222)")
+        sp.add_argument(
+            "--nats",
+            help="NATS URL(s), comma-separated (default: $VIGIL_NATS_URL, "
+            "the running lab, or nats://127.0.0.1:4222)",
+        )
         return sp
 
     v = sub.add_parser("validate", help="check a cluster file; change nothing")
@@ -231,8 +244,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", choices=["table", "json"], default="table")
     s.set_defaults(func=cmd_status, prefix="vlab")
 
-    for name, text in (("membership", "run the membership service"),
-                       ("placement", "run the placement service")):
+    for name, text in (
+        ("membership", "run the membership service"),
+        ("placement", "run the placement service"),
+    ):
         with_nats(sub.add_parser(name, help=text)).set_defaults(func=cmd_service)
     ad = with_nats(sub.add_parser("address", help="run this node's address service"))
     ad.add_argument("--node", help="this node's name (default: $VIGIL_NODE)")
@@ -249,18 +264,25 @@ def parser() -> argparse.ArgumentParser:
     n.set_defaults(func=cmd_nats)
 
     lab = sub.add_parser("lab", help="a real cluster in network namespaces on this machine")
-    lab.add_argument("--prefix", default=os.environ.get("VIGIL_LAB", "vlab"),
-                     help="namespace name prefix (default: vlab)")
+    lab.add_argument(
+        "--prefix",
+        default=os.environ.get("VIGIL_LAB", "vlab"),
+        help="namespace name prefix (default: vlab)",
+    )
     lab.set_defaults(func=cmd_lab)
     ls = lab.add_subparsers(dest="lab_command", required=True)
-    for name, text in (("up", "build the lab, start everything, apply the file"),
-                       ("demo", "build a lab, fail a node over, print the timeline, remove it")):
+    for name, text in (
+        ("up", "build the lab, start everything, apply the file"),
+        ("demo", "build a lab, fail a node over, print the timeline, remove it"),
+    ):
         sp = ls.add_parser(name, help=text)
         sp.add_argument("-f", "--file", help="cluster file (default: examples/lab.yaml)")
         sp.add_argument("--nodes", type=int, help="number of nodes (generates a file if no -f)")
     ls.add_parser("down", help="remove every namespace and process of the lab")
-    for name, text in (("kill", "hard node loss: SIGKILL its processes, link down"),
-                       ("revive", "bring a killed node back")):
+    for name, text in (
+        ("kill", "hard node loss: SIGKILL its processes, link down"),
+        ("revive", "bring a killed node back"),
+    ):
         ls.add_parser(name, help=text).add_argument("node")
     info = ls.add_parser("info", help="where the lab's NATS is, its namespaces and logs")
     info.add_argument("-o", "--output", choices=["text", "json"], default="text")

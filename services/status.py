@@ -38,8 +38,11 @@ class StatusView(msgspec.Struct):
 
 
 def mode_of(
-    group: str, preferred: str, placement: Placement | None,
-    addresses: dict[str, AddressStatus], apps: dict[str, AppStatus],
+    group: str,
+    preferred: str,
+    placement: Placement | None,
+    addresses: dict[str, AddressStatus],
+    apps: dict[str, AppStatus],
 ) -> tuple[str | None, Mode]:
     node = placement.node if placement else None
     if node is None:
@@ -70,8 +73,11 @@ def build(
     for g in spec.groups:
         placement = placements.get(g.name)
         node, mode = mode_of(g.name, g.preferred, placement, addresses, apps)
-        groups.append(GroupView(g.name, node, mode, g.address,
-                                placement.epoch if placement else 0, g.preferred))
+        groups.append(
+            GroupView(
+                g.name, node, mode, g.address, placement.epoch if placement else 0, g.preferred
+            )
+        )
     return StatusView(spec.cluster.name, node_views, groups)
 
 
@@ -90,8 +96,7 @@ async def read(bus: Bus) -> StatusView:
 
 
 def render_table(view: StatusView) -> str:
-    lines = [f"cluster {view.cluster or '(no cluster file applied)'}", "",
-             f"{'NODE':<12} STATE"]
+    lines = [f"cluster {view.cluster or '(no cluster file applied)'}", "", f"{'NODE':<12} STATE"]
     lines += [f"{n.name:<12} {n.state}" for n in view.nodes]
     lines += ["", f"{'GROUP':<12} {'NODE':<8} {'MODE':<9} {'ADDRESS':<20} {'PREFERRED':<10} EPOCH"]
     lines += [

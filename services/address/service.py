@@ -117,14 +117,17 @@ class AddressService:
                     self.bus.subjects.heartbeat(self.node),
                     encode(Heartbeat(**self.bus.stamp(), node=self.node)),
                 )
-                await self.bus.nc.flush(timeout=max(heartbeat, 0.05))
+                await asyncio.wait_for(self.bus.nc.flush(), max(heartbeat, 0.05))
                 await self.fence.renew(self.leased(), int(ttl * 1000), self.vips())
                 self.fence_expiry = started + ttl
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("heartbeat not acknowledged (%s); lease runs out in %.3fs", exc,
-                            self.fence_expiry - time.monotonic())
+                log.warning(
+                    "heartbeat not acknowledged (%s); lease runs out in %.3fs",
+                    exc,
+                    self.fence_expiry - time.monotonic(),
+                )
             if time.monotonic() >= self.fence_expiry and self.held:
                 await self.drop_all("lease lapsed")
             await asyncio.sleep(max(0.0, started + heartbeat - time.monotonic()))
@@ -159,8 +162,9 @@ class AddressService:
 
     async def on_app(self, event: AppStopped | AppFailed) -> None:
         key = app_key(self.node, event.group)
-        self.apps.note(key, self.apps.revision(key) or 0,
-                       AppStatus(event.group, self.node, False, event.epoch))
+        self.apps.note(
+            key, self.apps.revision(key) or 0, AppStatus(event.group, self.node, False, event.epoch)
+        )
         self.dirty.set()
 
     async def on_config(self, _: ConfigApplied) -> None:
@@ -248,17 +252,18 @@ class AddressService:
         await self.fence.renew(self.leased(), int(fence_ttl(heartbeat, lease) * 1000), self.vips())
         log.info("released %s of %s", action.address, action.group)
         placement = self.placements.get(action.group)
-        await self.announce(action.group, action.address,
-                            placement.epoch if placement else epoch, held=False)
+        await self.announce(
+            action.group, action.address, placement.epoch if placement else epoch, held=False
+        )
 
     async def announce(self, group: str, address: IPv4Interface, epoch: int, *, held: bool) -> None:
         s = self.bus.subjects
         kind = AddressAcquired if held else AddressReleased
         await self.bus.publish(
             s.address(self.node, group, "acquired" if held else "released"),
-            kind(**self.bus.stamp(), group=group, node=self.node, address=str(address),
-                 epoch=epoch),
+            kind(
+                **self.bus.stamp(), group=group, node=self.node, address=str(address), epoch=epoch
+            ),
         )
         status = AddressStatus(group, self.node, str(address), held, epoch)
         await self.observed.put(address_key(self.node, group), encode(status))
-

@@ -43,8 +43,11 @@ class ConfigSource:
         try:
             spec = config.decode(entry.value)
         except (msgspec.DecodeError, msgspec.ValidationError, config.ConfigError) as exc:
-            log.error("stored cluster file revision %s is invalid, keeping the old one: %s",
-                      entry.revision, exc)
+            log.error(
+                "stored cluster file revision %s is invalid, keeping the old one: %s",
+                entry.revision,
+                exc,
+            )
             self.revision = entry.revision or 0
             return False
         self.spec, self.revision = spec, entry.revision or 0

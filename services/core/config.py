@@ -1,6 +1,6 @@
 """Loading and validating the cluster file: all of it is valid, or none of it is applied.
 
-Errors name the field the way an operator reads the file: ``groups[1].preferred: unknown node 'n9'``.
+Errors name the field as an operator reads the file: ``groups[1].preferred: unknown node 'n9'``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from .durations import parse_duration
 # Names become NATS subject tokens and KV keys: keep them to a safe alphabet.
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_DURATIONS = (("cluster", "timing", "heartbeat"), ("cluster", "timing", "lease"))
-_GROUP_DURATIONS = (("app", "stop_timeout"),)
+_DURATIONS: tuple[tuple[str, ...], ...] = (
+    ("cluster", "timing", "heartbeat"),
+    ("cluster", "timing", "lease"),
+)
+_GROUP_DURATIONS: tuple[tuple[str, ...], ...] = (("app", "stop_timeout"),)
 
 
 class ConfigError(ValueError):
@@ -118,7 +121,9 @@ def validate(spec: ClusterSpec) -> None:
     nodes: set[str] = set()
     for i, node in enumerate(spec.nodes):
         if not _NAME.match(node.name):
-            raise ConfigError(f"nodes[{i}].name", f"invalid name {node.name!r} (use a-z, 0-9, -, _)")
+            raise ConfigError(
+                f"nodes[{i}].name", f"invalid name {node.name!r} (use a-z, 0-9, -, _)"
+            )
         if node.name in nodes:
             raise ConfigError(f"nodes[{i}].name", f"duplicate node {node.name!r}")
         if not _IFNAME.match(node.interface):
@@ -142,8 +147,9 @@ def validate(spec: ClusterSpec) -> None:
         if "/" not in group.address:
             raise ConfigError(f"{at}.address", f"needs a prefix length, like {iface.ip}/24")
         if iface.ip in addresses:
-            raise ConfigError(f"{at}.address", f"{iface.ip} is already used by group "
-                              f"{addresses[iface.ip]!r}")
+            raise ConfigError(
+                f"{at}.address", f"{iface.ip} is already used by group {addresses[iface.ip]!r}"
+            )
         addresses[iface.ip] = group.name
         if group.preferred not in nodes:
             raise ConfigError(f"{at}.preferred", f"unknown node {group.preferred!r}")

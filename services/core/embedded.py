@@ -47,11 +47,15 @@ def wait_ready(host: str, port: int, timeout: float = 10.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nats-server on {host}:{port} not ready after {timeout}s") from None
+                raise TimeoutError(
+                    f"nats-server on {host}:{port} not ready after {timeout}s"
+                ) from None
             time.sleep(0.02)
 
 
-def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    state_dir: Path, host: str = "127.0.0.1", port: int = 0
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start a server in the background; returns the process and its URL."""
     state_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)

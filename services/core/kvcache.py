@@ -75,8 +75,9 @@ class KVCache(Generic[T]):
                     try:
                         value = self._decoder.decode(entry.value)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        log.warning("%s/%s: unreadable record dropped: %s", self.bucket._name,
-                                    key, exc)
+                        log.warning(
+                            "%s/%s: unreadable record dropped: %s", self.bucket._name, key, exc
+                        )
                         continue
                     if revision < (self.revision(key) or 0):
                         continue
@@ -84,4 +85,4 @@ class KVCache(Generic[T]):
                 if self.on_change is not None:
                     self.on_change(key)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py lacks a hint

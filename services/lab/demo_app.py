@@ -1,6 +1,6 @@
 """The lab's demo application: an HTTP server that says which node and group served the request.
 
-    python3 -m services.lab.demo_app --bind 10.213.0.101 --port 8080
+python3 -m services.lab.demo_app --bind 10.213.0.101 --port 8080
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -96,16 +97,25 @@ class Lab:
     def env(self) -> dict[str, str]:
         # Apps and services find this interpreter's tools (python3, vigil) first.
         bindir = str(Path(sys.executable).parent)
-        return {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
-                "PYTHONUNBUFFERED": "1"}
+        return {
+            **os.environ,
+            "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
 
     def spawn(self, state: LabState, role: str, ns: str | None, argv: list[str]) -> Proc:
         self.dir.mkdir(parents=True, exist_ok=True)
         with (self.dir / f"{role}.log").open("ab") as log:
             full = ["ip", "netns", "exec", ns, *argv] if ns else argv
-            proc = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env=self.env(), cwd=self.dir)
+            proc = subprocess.Popen(
+                full,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env(),
+                cwd=self.dir,
+            )
         record = Proc(role, ns or "", proc.pid)
         state.procs.append(record)
         state.save()
@@ -117,11 +127,18 @@ class Lab:
     def start_node(self, state: LabState, node: str) -> None:
         ns = state.ns(node)
         common = ["--nats", state.bus_url]
-        self.spawn(state, f"{node}-address", ns,
-                   self.vigil("address", "--node", node, "--interface", "eth0", *common))
-        self.spawn(state, f"{node}-supervisor", ns,
-                   self.vigil("supervisor", "--node", node, "--state-dir",
-                              str(self.dir / node), *common))
+        self.spawn(
+            state,
+            f"{node}-address",
+            ns,
+            self.vigil("address", "--node", node, "--interface", "eth0", *common),
+        )
+        self.spawn(
+            state,
+            f"{node}-supervisor",
+            ns,
+            self.vigil("supervisor", "--node", node, "--state-dir", str(self.dir / node), *common),
+        )
 
     # -- up ------------------------------------------------------------------------------------
     def up(self, spec: ClusterSpec, timeout: float = 60.0) -> LabState:
@@ -152,23 +169,55 @@ class Lab:
         hosts = [(n, node_ip(i)) for i, n in enumerate(state.nodes)] + [("client", CLIENT_IP)]
         for who, address in hosts:
             ns = state.ns(who)
-            ip("link", "add", "name", "eth0", "netns", ns, "type", "veth",
-               "peer", "name", who, "netns", bus)
+            ip(
+                "link",
+                "add",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                who,
+                "netns",
+                bus,
+            )
             ip("link", "set", who, "master", "br0", "up", ns=bus)
             ip("addr", "add", f"{address}/24", "dev", "eth0", ns=ns)
             ip("link", "set", "eth0", "up", ns=ns)
             # Answer ARP only with the address the question was about, and never advertise a
             # virtual address as the source of our own ARP requests.
-            exec_in(ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2",
-                    "net.ipv4.conf.all.arp_ignore=1")
+            exec_in(
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.all.arp_ignore=1",
+            )
 
     def start_services(self, state: LabState) -> None:
         bus = state.ns("bus")
-        self.spawn(state, "nats-server", bus,
-                   embedded.server_command(BUS_IP, NATS_PORT, self.dir / "nats"))
-        self.spawn(state, "forwarder", None,
-                   [sys.executable, "-m", "services.lab.forward", "--ns", bus,
-                    "--listen-port", str(state.host_port), "--to", f"{BUS_IP}:{NATS_PORT}"])
+        self.spawn(
+            state, "nats-server", bus, embedded.server_command(BUS_IP, NATS_PORT, self.dir / "nats")
+        )
+        self.spawn(
+            state,
+            "forwarder",
+            None,
+            [
+                sys.executable,
+                "-m",
+                "services.lab.forward",
+                "--ns",
+                bus,
+                "--listen-port",
+                str(state.host_port),
+                "--to",
+                f"{BUS_IP}:{NATS_PORT}",
+            ],
+        )
         embedded.wait_ready("127.0.0.1", state.host_port)
         for role in ("membership", "placement"):
             self.spawn(state, role, bus, self.vigil(role, "--nats", state.bus_url))
@@ -179,9 +228,12 @@ class Lab:
         bus = await self.connect(state, "lab")
         try:
             await store(bus, spec)
-            await wait_for(bus, lambda v: all(
-                g.node == g.preferred and g.mode == "normal" for g in v.groups
-            ), timeout, "every group running on its preferred node")
+            await wait_for(
+                bus,
+                lambda v: all(g.node == g.preferred and g.mode == "normal" for g in v.groups),
+                timeout,
+                "every group running on its preferred node",
+            )
         finally:
             await bus.close()
 
@@ -258,10 +310,8 @@ def _ours(proc: Proc) -> bool:
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _alive(pid: int) -> bool:
@@ -285,8 +335,10 @@ async def wait_for(bus: Bus, ok: object, timeout: float, what: str) -> status_mo
     view = await status_mod.read(bus)
     while not ok(view):
         if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:g}s waiting for {what}; status:\n"
-                           + status_mod.render_table(view))
+            raise LabError(
+                f"timed out after {timeout:g}s waiting for {what}; status:\n"
+                + status_mod.render_table(view)
+            )
         await asyncio.sleep(0.1)
         view = await status_mod.read(bus)
     return view

@@ -14,17 +14,19 @@ def generated(nodes: int, groups: int | None = None) -> ClusterSpec:
     falling over to the next ones in order."""
     names = [f"n{i + 1}" for i in range(nodes)]
     count = nodes if groups is None else groups
-    return load_data({
-        "cluster": {"name": "lab"},
-        "nodes": [{"name": n} for n in names],
-        "groups": [
-            {
-                "name": f"web{i + 1}",
-                "address": f"10.213.0.{101 + i}/24",
-                "preferred": names[i % nodes],
-                "possible": [names[(i + k) % nodes] for k in range(1, nodes)],
-                "app": {"command": DEMO_APP},
-            }
-            for i in range(count)
-        ],
-    })
+    return load_data(
+        {
+            "cluster": {"name": "lab"},
+            "nodes": [{"name": n} for n in names],
+            "groups": [
+                {
+                    "name": f"web{i + 1}",
+                    "address": f"10.213.0.{101 + i}/24",
+                    "preferred": names[i % nodes],
+                    "possible": [names[(i + k) % nodes] for k in range(1, nodes)],
+                    "app": {"command": DEMO_APP},
+                }
+                for i in range(count)
+            ],
+        }
+    )

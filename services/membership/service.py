@@ -52,8 +52,12 @@ class Membership:
             )
         self.leases.lease = timing.lease
         self.leases.forget(names)
-        log.info("config revision %s: %d nodes, lease %gs", self.config.revision, len(names),
-                 timing.lease)
+        log.info(
+            "config revision %s: %d nodes, lease %gs",
+            self.config.revision,
+            len(names),
+            timing.lease,
+        )
 
     async def on_config(self, _: ConfigApplied) -> None:
         await self.reload()
@@ -83,8 +87,9 @@ class Membership:
                 interval = max(0.01, self.config.spec.cluster.timing.heartbeat / 4)
                 for lost in self.leases.expire(time.monotonic()):
                     log.warning("node %s lost: silent for %.3fs", lost.node, lost.silent_for)
-                    event = NodeLost(**self.bus.stamp(), node=lost.node,
-                                     silent_for=round(lost.silent_for, 4))
+                    event = NodeLost(
+                        **self.bus.stamp(), node=lost.node, silent_for=round(lost.silent_for, 4)
+                    )
                     await self.transition(lost.node, "lost", event)
             await asyncio.sleep(interval)
 
@@ -106,6 +111,9 @@ class Membership:
         except Exception as exc:
             log.info("node %s -> %s recorded by another replica (%s)", node, state, exc)
             return
-        subject = (self.bus.subjects.node_joined(node) if state == "up"
-                   else self.bus.subjects.node_lost(node))
+        subject = (
+            self.bus.subjects.node_joined(node)
+            if state == "up"
+            else self.bus.subjects.node_lost(node)
+        )
         await self.bus.publish(subject, event)

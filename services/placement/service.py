@@ -16,7 +16,7 @@ from schemas.events import (
     NodeLost,
     PlacementDecided,
 )
-from schemas.records import AddressStatus, NodeRecord, Placement
+from schemas.records import AddressStatus, NodeRecord, NodeState, Placement
 
 from ..core.bus import Bus, encode, ensure_stream, kv
 from ..core.clusterconfig import ConfigSource
@@ -53,15 +53,18 @@ class PlacementService:
         )
         await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
         async with asyncio.TaskGroup() as tg:
-            for name, cache in (("nodes", self.nodes), ("placement", self.placements),
-                                ("addresses", self.addresses)):
+            for name, cache in (
+                ("nodes", self.nodes),
+                ("placement", self.placements),
+                ("addresses", self.addresses),
+            ):
                 tg.create_task(cache.run(), name=f"watch-{name}")
             tg.create_task(every(RESYNC, self.tick), name="resync")
             tg.create_task(self.reconcile_loop(), name="reconcile")
 
     # -- edge triggers: update the local view at once, then reconcile -------------------------
     async def on_node(self, event: NodeJoined | NodeLost) -> None:
-        state = "lost" if isinstance(event, NodeLost) else "up"
+        state: NodeState = "lost" if isinstance(event, NodeLost) else "up"
         rev = self.nodes.revision(event.node) or 0
         self.nodes.note(event.node, rev, NodeRecord(name=event.node, state=state, since=event.ts))
         self.dirty.set()
@@ -134,8 +137,9 @@ class PlacementService:
             log.info("placement of %s changed under us (%s); will re-read", key, exc)
             return
         self.placements.note(key, revision, decision)
-        log.info("group %s -> %s (epoch %d): %s", key, decision.node, decision.epoch,
-                 decision.reason)
+        log.info(
+            "group %s -> %s (epoch %d): %s", key, decision.node, decision.epoch, decision.reason
+        )
         await self.bus.publish(
             self.bus.subjects.placement(key),
             PlacementDecided(

@@ -1,8 +1,8 @@
 """One group's application process: started in its own process group, stopped as a whole.
 
-    (none) --start--> running --exit--> exited        (reported as app failed)
-                         |
-                         +--stop--> SIGTERM to the group --stop_timeout--> SIGKILL to the group
+(none) --start--> running --exit--> exited        (reported as app failed)
+                     |
+                     +--stop--> SIGTERM to the group --stop_timeout--> SIGKILL to the group
 """
 
 from __future__ import annotations

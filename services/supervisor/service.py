@@ -93,8 +93,11 @@ class Supervisor:
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
         key = address_key(self.node, event.group)
         held = isinstance(event, AddressAcquired)
-        self.addresses.note(key, self.addresses.revision(key) or 0,
-                            AddressStatus(event.group, self.node, event.address, held, event.epoch))
+        self.addresses.note(
+            key,
+            self.addresses.revision(key) or 0,
+            AddressStatus(event.group, self.node, event.address, held, event.epoch),
+        )
         self.dirty.set()
 
     async def on_config(self, _: ConfigApplied) -> None:
@@ -175,7 +178,11 @@ class Supervisor:
         assert g is not None
         try:
             app = await AppProcess.start(
-                group, epoch, g.app.command, self.env(group), self.state_dir / "logs" / f"{group}.log"
+                group,
+                epoch,
+                g.app.command,
+                self.env(group),
+                self.state_dir / "logs" / f"{group}.log",
             )
         except OSError as exc:
             log.error("cannot start %s: %s", group, exc)
@@ -184,14 +191,19 @@ class Supervisor:
         self.apps[group] = app
         log.info("started %s (pid %d, epoch %d)", group, app.pid, epoch)
         s = self.bus.subjects
-        await self.bus.publish(s.app(self.node, group, "started"),
-                               AppStarted(**self.bus.stamp(), group=group, node=self.node,
-                                          epoch=epoch, pid=app.pid))
-        await self.bus.publish(s.service(group, "up"),
-                               ServiceUp(**self.bus.stamp(), group=group, node=self.node,
-                                         address=g.address, epoch=epoch))
-        await self.observed.put(app_key(self.node, group),
-                                encode(AppStatus(group, self.node, True, epoch, app.pid)))
+        await self.bus.publish(
+            s.app(self.node, group, "started"),
+            AppStarted(**self.bus.stamp(), group=group, node=self.node, epoch=epoch, pid=app.pid),
+        )
+        await self.bus.publish(
+            s.service(group, "up"),
+            ServiceUp(
+                **self.bus.stamp(), group=group, node=self.node, address=g.address, epoch=epoch
+            ),
+        )
+        await self.observed.put(
+            app_key(self.node, group), encode(AppStatus(group, self.node, True, epoch, app.pid))
+        )
         self.tg.create_task(self.watch(app), name=f"watch-app-{group}")
 
     async def watch(self, app: AppProcess) -> None:
@@ -202,28 +214,42 @@ class Supervisor:
         del self.apps[app.group]
         app.stopping = True
         await app.stop(0)  # leftovers of its process group
-        log.warning("app of %s exited with %s; restarting in %gs", app.group, code,
-                    RESTART_BACKOFF)
+        log.warning("app of %s exited with %s; restarting in %gs", app.group, code, RESTART_BACKOFF)
         self.not_before[app.group] = time.monotonic() + RESTART_BACKOFF
         await self.failed(app.group, app.epoch, code, f"exited with {code}")
         self.dirty.set()
 
     async def failed(self, group: str, epoch: int, code: int | None, reason: str) -> None:
         s = self.bus.subjects
-        await self.bus.publish(s.app(self.node, group, "failed"),
-                               AppFailed(**self.bus.stamp(), group=group, node=self.node,
-                                         epoch=epoch, exit_code=code, reason=reason))
+        await self.bus.publish(
+            s.app(self.node, group, "failed"),
+            AppFailed(
+                **self.bus.stamp(),
+                group=group,
+                node=self.node,
+                epoch=epoch,
+                exit_code=code,
+                reason=reason,
+            ),
+        )
         await self.service_down(group, epoch, "failure")
-        await self.observed.put(app_key(self.node, group),
-                                encode(AppStatus(group, self.node, False, epoch)))
+        await self.observed.put(
+            app_key(self.node, group), encode(AppStatus(group, self.node, False, epoch))
+        )
 
     async def service_down(self, group: str, epoch: int, reason: str) -> None:
         spec = self.config.spec
         g = spec.group(group) if spec else None
         await self.bus.publish(
             self.bus.subjects.service(group, "down"),
-            ServiceDown(**self.bus.stamp(), group=group, node=self.node,
-                        address=g.address if g else "", epoch=epoch, reason=reason),
+            ServiceDown(
+                **self.bus.stamp(),
+                group=group,
+                node=self.node,
+                address=g.address if g else "",
+                epoch=epoch,
+                reason=reason,
+            ),
         )
 
     async def halt(self, group: str, reason: str) -> None:
@@ -235,11 +261,15 @@ class Supervisor:
         code = await app.stop(timeout)
         log.info("stopped %s (exit %s)", group, code)
         # The app status goes first: the address service releases only once it reads it.
-        await self.observed.put(app_key(self.node, group),
-                                encode(AppStatus(group, self.node, False, app.epoch)))
-        await self.bus.publish(self.bus.subjects.app(self.node, group, "stopped"),
-                               AppStopped(**self.bus.stamp(), group=group, node=self.node,
-                                          epoch=app.epoch, exit_code=code))
+        await self.observed.put(
+            app_key(self.node, group), encode(AppStatus(group, self.node, False, app.epoch))
+        )
+        await self.bus.publish(
+            self.bus.subjects.app(self.node, group, "stopped"),
+            AppStopped(
+                **self.bus.stamp(), group=group, node=self.node, epoch=app.epoch, exit_code=code
+            ),
+        )
 
     async def stop_all(self) -> None:
         for app in list(self.apps.values()):
