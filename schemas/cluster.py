@@ -13,7 +13,7 @@ class Timing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Liveness timing. ``lease`` is how long a silent node keeps its groups; see docs/safety.md."""
 
     heartbeat: float = 0.2
-    lease: float = 1.0
+    lease: float = 0.8
 
 
 class Cluster(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
