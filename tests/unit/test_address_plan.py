@@ -1,0 +1,46 @@
+"""The address service's plan: what to add and remove, in the halt order (app, then address)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Interface
+
+from services.address.plan import Acquire, Release, Want, plan
+
+A = IPv4Interface("10.213.0.101/24")
+B = IPv4Interface("10.213.0.102/24")
+OWN = IPv4Interface("10.213.0.11/24")
+MANAGED = {A: "web1", B: "web2"}
+
+
+def test_acquire_what_is_placed_here() -> None:
+    assert plan({"web1": Want("web1", A, 3)}, MANAGED, {OWN}, {}, set()) == [Acquire("web1", A, 3)]
+
+
+def test_nothing_to_do_when_held_at_the_same_epoch() -> None:
+    assert plan({"web1": Want("web1", A, 3)}, MANAGED, {OWN, A}, {"web1": 3}, set()) == []
+
+
+def test_a_new_epoch_is_acquired_again_to_announce_it() -> None:
+    assert plan({"web1": Want("web1", A, 4)}, MANAGED, {OWN, A}, {"web1": 3}, set()) == [
+        Acquire("web1", A, 4)
+    ]
+
+
+def test_release_what_is_no_longer_ours() -> None:
+    assert plan({}, MANAGED, {OWN, A}, {"web1": 3}, set()) == [Release("web1", A)]
+
+
+def test_keep_the_address_while_the_app_still_runs_here() -> None:
+    assert plan({}, MANAGED, {OWN, A}, {"web1": 3}, {"web1"}) == []
+
+
+def test_never_touch_addresses_that_are_not_group_addresses() -> None:
+    assert plan({}, MANAGED, {OWN, IPv4Interface("192.0.2.1/32")}, {}, set()) == []
+
+
+def test_stale_address_after_a_restart_is_released() -> None:
+    """A revived node finds a VIP it held before its death: not placed here, so it goes."""
+    assert plan({"web2": Want("web2", B, 1)}, MANAGED, {OWN, A}, {}, set()) == [
+        Release("web1", A),
+        Acquire("web2", B, 1),
+    ]

@@ -1,0 +1,60 @@
+"""Golden placement scenarios, in the spirit of Pacemaker's scheduler regression suite.
+
+Each ``tests/scenarios/placement/*.yaml`` is a readable cluster state (the file, the live nodes,
+the current placements) and the decisions expected, one line each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from schemas.records import Placement
+from services.core.config import load_data
+from services.placement.rules import Snapshot, decide
+
+SCENARIOS = sorted((Path(__file__).parent.parent / "scenarios" / "placement").glob("*.yaml"))
+
+
+def render(p: Placement) -> str:
+    return f"{p.group} -> {p.node or 'nowhere'} (epoch {p.epoch}): {p.reason}"
+
+
+def snapshot(raw: dict[str, Any]) -> Snapshot:
+    return Snapshot(
+        spec=load_data({k: raw[k] for k in ("cluster", "nodes", "groups")}),
+        up=set(raw.get("up", [])),
+        current={
+            g: Placement(g, c.get("node"), c["epoch"])
+            for g, c in (raw.get("current") or {}).items()
+        },
+        held_by={g: set(nodes) for g, nodes in (raw.get("held_by") or {}).items()},
+        settled=raw.get("settled", True),
+    )
+
+
+def test_there_are_scenarios() -> None:
+    assert len(SCENARIOS) >= 10
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario(path: Path) -> None:
+    raw = yaml.safe_load(path.read_text())
+    assert raw.get("summary"), f"{path.name}: every scenario says what it is about"
+    got = [render(p) for p in decide(snapshot(raw))]
+    assert got == raw["expect"], raw["summary"]
+
+
+def test_decisions_reach_a_fixed_point() -> None:
+    """Applying the decisions and deciding again settles within two rounds (a release, then a
+    placement): no ping-pong."""
+    for path in SCENARIOS:
+        snap = snapshot(yaml.safe_load(path.read_text()))
+        current = dict(snap.current)
+        for _ in range(2):
+            for p in decide(Snapshot(snap.spec, snap.up, current, {}, snap.settled)):
+                current[p.group] = p
+        assert decide(Snapshot(snap.spec, snap.up, current, {}, snap.settled)) == [], path.name
