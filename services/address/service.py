@@ -118,8 +118,11 @@ class AddressService:
                     encode(Heartbeat(**self.bus.stamp(), node=self.node)),
                 )
                 await asyncio.wait_for(self.bus.nc.flush(), max(heartbeat, 0.05))
-                await self.fence.renew(self.leased(), int(ttl * 1000), self.vips())
-                self.fence_expiry = started + ttl
+                # The lease counts from when the heartbeat left, not from now: a slow flush or
+                # a slow nft must shorten the fence, never stretch it (docs/safety.md).
+                expiry = started + ttl
+                await self.renew_fence(expiry)
+                self.fence_expiry = expiry
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -131,6 +134,13 @@ class AddressService:
             if time.monotonic() >= self.fence_expiry and self.held:
                 await self.drop_all("lease lapsed")
             await asyncio.sleep(max(0.0, started + heartbeat - time.monotonic()))
+
+    async def renew_fence(self, expiry: float) -> None:
+        """Lease what we hold until ``expiry`` (monotonic); nothing if that is already past."""
+        assert self.fence is not None
+        remaining_ms = int((expiry - time.monotonic()) * 1000)
+        leased = self.leased() if remaining_ms > 0 else []
+        await self.fence.renew(leased, max(remaining_ms, 1), self.vips())
 
     def leased(self) -> list[IPv4Address]:
         by_group = {g: a for a, g in self.managed().items()}
@@ -224,10 +234,8 @@ class AddressService:
             self.dirty.set()
             return
         self.held[action.group] = action.epoch
-        heartbeat, lease = self.timing()
-        ttl = fence_ttl(heartbeat, lease)
         # Lease first, then the address: the address must answer the moment it exists.
-        await self.fence.renew(self.leased(), int(ttl * 1000), self.vips())
+        await self.renew_fence(self.fence_expiry)
         await asyncio.to_thread(self.netlink.add, action.address)
         send_gratuitous_arp(self.netlink.ifname, action.address.ip, count=1)
         log.info("acquired %s for %s (epoch %d)", action.address, action.group, action.epoch)
@@ -248,8 +256,7 @@ class AddressService:
         assert self.netlink is not None and self.fence is not None
         epoch = self.held.pop(action.group, 0)
         await asyncio.to_thread(self.netlink.remove, action.address)
-        heartbeat, lease = self.timing()
-        await self.fence.renew(self.leased(), int(fence_ttl(heartbeat, lease) * 1000), self.vips())
+        await self.renew_fence(self.fence_expiry)
         log.info("released %s of %s", action.address, action.group)
         placement = self.placements.get(action.group)
         await self.announce(
