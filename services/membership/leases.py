@@ -41,6 +41,9 @@ class Leases:
         self.up.add(node)
         return Joined(node)
 
+    def overdue(self, now: float) -> bool:
+        return any(now - self.last_seen[node] > self.lease for node in self.up)
+
     def expire(self, now: float) -> list[Lost]:
         lost = [
             Lost(node, now - self.last_seen[node])

@@ -8,6 +8,7 @@ import time
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from schemas.events import ConfigApplied, Heartbeat, NodeJoined, NodeLost
@@ -28,12 +29,15 @@ class Membership:
         self.config = ConfigSource(bus)
         self.leases: Leases | None = None
         self.nodes: KeyValue | None = None
+        self.heartbeats: Subscription | None = None
 
     async def run(self) -> None:
         await ensure_stream(self.bus)
         self.nodes = await kv(self.bus, self.bus.subjects.bucket_nodes)
         await self.reload()
-        await self.bus.nc.subscribe(self.bus.subjects.all_heartbeats, cb=self.on_heartbeat)
+        self.heartbeats = await self.bus.nc.subscribe(
+            self.bus.subjects.all_heartbeats, cb=self.on_heartbeat
+        )
         await self.bus.subscribe(self.bus.subjects.config_applied, ConfigApplied, self.on_config)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.check_loop(), name="lease-check")
@@ -85,6 +89,8 @@ class Membership:
             interval = 0.05
             if self.leases is not None and self.config.spec is not None:
                 interval = max(0.01, self.config.spec.cluster.timing.heartbeat / 4)
+                if self.leases.overdue(time.monotonic()):
+                    await self.drain_heartbeats()
                 for lost in self.leases.expire(time.monotonic()):
                     log.warning("node %s lost: silent for %.3fs", lost.node, lost.silent_for)
                     event = NodeLost(
@@ -92,6 +98,20 @@ class Membership:
                     )
                     await self.transition(lost.node, "lost", event)
             await asyncio.sleep(interval)
+
+    async def drain_heartbeats(self) -> None:
+        """Before calling a node lost, make sure no heartbeat of it is still queued here: a
+        round trip to the server, then let our subscription work through its backlog. A
+        membership that was itself stalled must not mistake its own delay for a node's death."""
+        try:
+            await asyncio.wait_for(self.bus.nc.flush(), 0.5)
+        except Exception:
+            return  # no bus: nothing queued we could read anyway
+        for _ in range(100):
+            if self.heartbeats is None or self.heartbeats.pending_msgs == 0:
+                break
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
 
     async def transition(self, node: str, state: NodeState, event: NodeJoined | NodeLost) -> None:
         """Record the transition with a compare-and-set, and publish it only if we made it."""

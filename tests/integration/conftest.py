@@ -107,6 +107,10 @@ class Recorder:
         """A position: ``wait(..., since=mark)`` only looks at events after it."""
         return len(self.events)
 
+    def after(self, event: Event) -> int:
+        """The position just after ``event`` (one that ``wait`` returned)."""
+        return next(i + 1 for i, (_, e) in enumerate(self.events) if e is event)
+
     def matching(self, pred: Predicate, since: int = 0) -> list[Event]:
         return [e for s, e in self.events[since:] if pred(s, e)]
 

@@ -10,6 +10,8 @@ def test_join_then_lost_after_the_lease() -> None:
     assert leases.heartbeat("n1", 0.0) == Joined("n1")
     assert leases.heartbeat("n1", 0.5) is None
     assert leases.expire(1.4) == []
+    assert not leases.overdue(1.4)
+    assert leases.overdue(1.51)
     assert leases.expire(1.51) == [Lost("n1", 1.51 - 0.5)]
     assert leases.expire(5.0) == []  # reported once
     assert leases.heartbeat("n1", 6.0) == Joined("n1")
