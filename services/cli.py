@@ -149,6 +149,12 @@ def cmd_nats(args: argparse.Namespace) -> int:
     os.execv(argv[0], argv)
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from .up import up
+
+    return up(args.file, node_name(args), args.interface, Path(args.state_dir), args.nats)
+
+
 # -- the lab -------------------------------------------------------------------------------------
 def cmd_lab(args: argparse.Namespace) -> int:
     from .lab import lab as lab_mod
@@ -262,6 +268,17 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--port", type=int, default=4222)
     n.add_argument("--state-dir", default="/var/lib/vigil/nats")
     n.set_defaults(func=cmd_nats)
+
+    u = with_nats(
+        sub.add_parser(
+            "up", help="all of Vigil on this machine, embedded NATS unless --nats is given"
+        )
+    )
+    u.add_argument("-f", "--file", help="cluster file to apply once running")
+    u.add_argument("--node", help="run this node's address service and supervisor too")
+    u.add_argument("--interface", help="interface for the addresses (default: from the file)")
+    u.add_argument("--state-dir", default="/var/lib/vigil")
+    u.set_defaults(func=cmd_up)
 
     lab = sub.add_parser("lab", help="a real cluster in network namespaces on this machine")
     lab.add_argument(

@@ -1,0 +1,1 @@
+"""Integration tests: Vigil services against a real nats-server."""

@@ -1,0 +1,124 @@
+"""Membership against a real nats-server: heartbeats in, leases, NodeJoined / NodeLost out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas.events import NodeJoined, NodeLost
+from schemas.records import NodeRecord
+from services.core.bus import get_record, kv
+from services.core.clusterconfig import store
+from services.core.subjects import Subjects
+from services.membership.service import Membership
+
+from .conftest import DEADLINE, Hearts, Services, make_spec, of, record
+
+LEASE = 0.25  # the specs below: heartbeat 50ms, lease 250ms
+
+
+class ProbedMembership(Membership):
+    """Membership with a probe: ``heard`` is set once it has handled a heartbeat with a lease
+    table, i.e. it has read the cluster file and is listening."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.heard = asyncio.Event()
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        await super().on_heartbeat(msg)
+        if self.leases is not None:
+            self.heard.set()
+
+
+async def start_membership(
+    services: Services, client: Client, subjects: Subjects, replicas: int = 1
+) -> tuple[list[ProbedMembership], Hearts]:
+    """Store a spec with n1, n2; start ``replicas`` membership services and heartbeating agents
+    for n1 and n2; return once every replica is listening."""
+    cli = await services.bus("cli", "test")
+    await store(cli, make_spec(["n1", "n2"]))
+    replicas_ = []
+    for i in range(replicas):
+        m = ProbedMembership(await services.bus("membership", f"m{i + 1}"))
+        services.spawn(m.run(), f"membership-m{i + 1}")
+        replicas_.append(m)
+    hearts = Hearts(client, subjects)
+    hearts.beating = {"n1", "n2"}
+    services.spawn(hearts.run(), "hearts")
+    for m in replicas_:
+        await asyncio.wait_for(m.heard.wait(), DEADLINE)
+    return replicas_, hearts
+
+
+async def test_nodes_join_then_a_silent_node_is_lost_once_and_rejoins(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    s = subjects
+    rec = await record(client, s.all_node_events)
+    (m,), hearts = await start_membership(services, client, s)
+    nodes = await kv(m.bus, s.bucket_nodes)
+
+    await rec.wait(of(NodeJoined, s.node_joined("n1"), node="n1"))
+    await rec.wait(of(NodeJoined, s.node_joined("n2"), node="n2"))
+
+    mark = rec.mark()
+    hearts.beating.discard("n1")
+    lost = await rec.wait(of(NodeLost, s.node_lost("n1"), node="n1"), since=mark)
+    assert lost.silent_for >= LEASE
+    assert lost.source == m.bus.source
+    n1 = await get_record(nodes, "n1", NodeRecord)
+    assert n1 is not None and n1.state == "lost"
+    n2 = await get_record(nodes, "n2", NodeRecord)
+    assert n2 is not None and n2.state == "up"
+
+    rejoin = rec.mark()
+    hearts.beating.add("n1")
+    await rec.wait(of(NodeJoined, s.node_joined("n1"), node="n1"), since=rejoin)
+    n1 = await get_record(nodes, "n1", NodeRecord)
+    assert n1 is not None and n1.state == "up"
+
+    # One publisher, so its messages arrive in order: anything published before the rejoin
+    # (a duplicate loss, a loss of n2) is already in the recorder.
+    assert len(rec.matching(of(NodeLost, node="n1"))) == 1
+    assert rec.matching(of(NodeLost, node="n2")) == []
+    assert len(rec.matching(of(NodeJoined, node="n2"))) == 1
+    assert [type(e).__name__ for _, e in rec.events if getattr(e, "node", None) == "n1"] == [
+        "NodeJoined",
+        "NodeLost",
+        "NodeJoined",
+    ]
+
+
+async def test_two_replicas_publish_each_transition_once(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    s = subjects
+    rec = await record(client, s.all_node_events)
+    replicas, hearts = await start_membership(services, client, s, replicas=2)
+
+    await rec.wait(of(NodeJoined, node="n1"))
+    await rec.wait(of(NodeJoined, node="n2"))
+
+    mark = rec.mark()
+    hearts.beating.discard("n1")
+    lost = await rec.wait(of(NodeLost, s.node_lost("n1"), node="n1"), since=mark)
+    assert lost.silent_for >= LEASE
+    # Both replicas saw the lease lapse (so both tried to publish it) ...
+    for m in replicas:
+        assert m.leases is not None and "n1" not in m.leases.up
+    # ... and the other one lost the compare-and-set: no second NodeLost comes.
+    await rec.none_within(of(NodeLost, node="n1"), since=rec.after(lost), timeout=2 * LEASE)
+
+    rejoin = rec.mark()
+    hearts.beating.add("n1")
+    joined = await rec.wait(of(NodeJoined, node="n1"), since=rejoin)
+    await rec.none_within(of(NodeJoined, node="n1"), since=rec.after(joined), timeout=2 * LEASE)
+
+    assert len(rec.matching(of(NodeLost, node="n1"))) == 1
+    assert len(rec.matching(of(NodeJoined, node="n1"))) == 2  # first join, rejoin
+    assert len(rec.matching(of(NodeJoined, node="n2"))) == 1
+    assert rec.matching(of(NodeLost, node="n2")) == []
+    assert {e.source for _, e in rec.events} <= {m.bus.source for m in replicas}
