@@ -27,8 +27,53 @@ class Node(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class App(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    command: str
+    """Either a foreground ``command`` (Vigil is its parent and sees its exit at once) or, for a
+    daemon that forks, ``start`` / ``stop`` / ``check`` commands (Oracle's action script model)."""
+
+    command: str | None = None
+    start: str | None = None
+    stop: str | None = None
+    check: str | None = None
+    user: str | None = None
+    workdir: str | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    start_timeout: float = 10.0
     stop_timeout: float = 5.0
+    before_start: str | None = None
+    after_stop: str | None = None
+
+    @property
+    def is_daemon(self) -> bool:
+        return self.command is None
+
+
+class Monitor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Exactly one of ``tcp`` (a port on the group's address), ``http`` (a URL, 2xx expected) or
+    ``exec`` (a command, exit 0 expected)."""
+
+    tcp: int | None = None
+    http: str | None = None
+    exec: str | None = None
+    interval: float = 1.0
+    timeout: float = 1.0
+    failures: int = 3
+
+    @property
+    def kind(self) -> str:
+        return "tcp" if self.tcp is not None else "http" if self.http is not None else "exec"
+
+    @property
+    def target(self) -> str:
+        return str(self.tcp if self.tcp is not None else self.http or self.exec)
+
+
+class Restart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Local restarts before the group fails over (Pacemaker's migration-threshold)."""
+
+    max: int = 3
+    window: float = 60.0
+    backoff: float = 0.2
+    failure_timeout: float = 600.0
 
 
 class Group(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,6 +82,8 @@ class Group(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     preferred: str
     app: App
     possible: list[str] = msgspec.field(default_factory=list)
+    monitors: list[Monitor] = msgspec.field(default_factory=list)
+    restart: Restart = Restart()
 
     @property
     def sequence(self) -> list[str]:

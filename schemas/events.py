@@ -79,11 +79,38 @@ class AppStopped(Event, frozen=True, kw_only=True, tag="app_stopped"):
 
 
 class AppFailed(Event, frozen=True, kw_only=True, tag="app_failed"):
+    """The app failed on ``node``. ``final``: the node gives up on it (restart limit reached, or
+    it could not start), and placement moves the group to its next node."""
+
     group: str
     node: str
     epoch: int
     exit_code: int | None
     reason: str
+    final: bool = False
+
+
+class AppStopFailed(Event, frozen=True, kw_only=True, tag="app_stop_failed"):
+    """Processes of the app survived SIGKILL (or a daemon's stop): the group is started nowhere
+    else until the stop is confirmed (``app_stopped``) or the node is lost."""
+
+    group: str
+    node: str
+    epoch: int
+    reason: str
+
+
+class MonitorsStarted(Event, frozen=True, kw_only=True, tag="monitors_started"):
+    group: str
+    node: str
+    epoch: int
+    monitors: list[str]
+
+
+class MonitorsStopped(Event, frozen=True, kw_only=True, tag="monitors_stopped"):
+    group: str
+    node: str
+    epoch: int
 
 
 class ServiceUp(Event, frozen=True, kw_only=True, tag="service_up"):
@@ -116,6 +143,9 @@ AnyEvent = (
     | AppStarted
     | AppStopped
     | AppFailed
+    | AppStopFailed
+    | MonitorsStarted
+    | MonitorsStopped
     | ServiceUp
     | ServiceDown
 )
@@ -131,6 +161,9 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     AppStarted,
     AppStopped,
     AppFailed,
+    AppStopFailed,
+    MonitorsStarted,
+    MonitorsStopped,
     ServiceUp,
     ServiceDown,
 )

@@ -30,6 +30,10 @@ class Placement(msgspec.Struct, frozen=True):
     node: str | None
     epoch: int
     reason: str = ""
+    # node -> unix time until which the group may not run there (it failed there for good)
+    banned: dict[str, float] = msgspec.field(default_factory=dict)
+    # a node where the app's stop failed: the group starts nowhere until that is resolved
+    blocked_by: str | None = None
 
 
 class AddressStatus(msgspec.Struct, frozen=True):
@@ -50,3 +54,4 @@ class AppStatus(msgspec.Struct, frozen=True):
     running: bool
     epoch: int
     pid: int | None = None
+    stop_failed: bool = False

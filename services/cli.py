@@ -149,6 +149,42 @@ def cmd_nats(args: argparse.Namespace) -> int:
     os.execv(argv[0], argv)
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The tail of a group's log, asked of the supervisor on the node (the group's node by
+    default)."""
+    from schemas.records import Placement
+
+    from .core.bus import get_record, kv
+
+    async def go() -> bytes:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            node = args.node
+            if node is None:
+                placement = await get_record(
+                    await kv(bus, bus.subjects.bucket_placement), args.group, Placement
+                )
+                if placement is None or placement.node is None:
+                    raise LookupError(f"group {args.group!r} runs nowhere; give --node")
+                node = placement.node
+            reply = await bus.nc.request(
+                bus.subjects.logs_request(node), args.group.encode(), timeout=3
+            )
+            return bytes(reply.data)
+        finally:
+            await bus.close()
+
+    try:
+        data = asyncio.run(go())
+    except LookupError as exc:
+        return fail(str(exc))
+    except Exception as exc:
+        return fail(f"no answer from the supervisor: {exc}")
+    lines = data.decode(errors="replace").splitlines()
+    print("\n".join(lines[-args.lines :]))
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from .up import up
 
@@ -249,6 +285,12 @@ def parser() -> argparse.ArgumentParser:
     s = with_nats(sub.add_parser("status", help="nodes and groups, as the bus sees them"))
     s.add_argument("-o", "--output", choices=["table", "json"], default="table")
     s.set_defaults(func=cmd_status, prefix="vlab")
+
+    lg = with_nats(sub.add_parser("logs", help="the tail of a group's application log"))
+    lg.add_argument("group")
+    lg.add_argument("--node", help="ask this node (default: where the group runs)")
+    lg.add_argument("-n", "--lines", type=int, default=100)
+    lg.set_defaults(func=cmd_logs, prefix="vlab")
 
     for name, text in (
         ("membership", "run the membership service"),

@@ -12,6 +12,7 @@ from schemas.events import (
     AddressAcquired,
     AddressReleased,
     AppFailed,
+    AppStopFailed,
     AppStopped,
     ConfigApplied,
     Heartbeat,
@@ -83,7 +84,9 @@ class AddressService:
         self.placements = KVCache(self.placement_bucket, Placement, on_change=mark)
         self.apps = KVCache(observed, AppStatus, keys=f"app.{self.node}.>", on_change=mark)
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
-        await self.bus.subscribe(s.all_app_events(self.node), (AppStopped, AppFailed), self.on_app)
+        await self.bus.subscribe(
+            s.all_app_events(self.node), (AppStopped, AppFailed, AppStopFailed), self.on_app
+        )
         await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
         log.info("address service for node %s on %s", self.node, ifname)
         try:
@@ -170,7 +173,7 @@ class AddressService:
         self.placements.note(event.group, self.placements.revision(event.group) or 0, placement)
         self.dirty.set()
 
-    async def on_app(self, event: AppStopped | AppFailed) -> None:
+    async def on_app(self, event: AppStopped | AppFailed | AppStopFailed) -> None:
         key = app_key(self.node, event.group)
         self.apps.note(
             key, self.apps.revision(key) or 0, AppStatus(event.group, self.node, False, event.epoch)

@@ -13,18 +13,26 @@ from typing import Any
 import msgspec
 import yaml
 
-from schemas.cluster import ClusterSpec
+from schemas.cluster import App, ClusterSpec, Monitor
 
 from .durations import parse_duration
 
 # Names become NATS subject tokens and KV keys: keep them to a safe alphabet.
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _DURATIONS: tuple[tuple[str, ...], ...] = (
     ("cluster", "timing", "heartbeat"),
     ("cluster", "timing", "lease"),
 )
-_GROUP_DURATIONS: tuple[tuple[str, ...], ...] = (("app", "stop_timeout"),)
+_GROUP_DURATIONS: tuple[tuple[str, ...], ...] = (
+    ("app", "stop_timeout"),
+    ("app", "start_timeout"),
+    ("restart", "window"),
+    ("restart", "backoff"),
+    ("restart", "failure_timeout"),
+)
+_MONITOR_DURATIONS = ("interval", "timeout")
 
 
 class ConfigError(ValueError):
@@ -85,6 +93,10 @@ def _normalise_durations(raw: dict[str, Any]) -> None:
         for i, group in enumerate(groups):
             for path in _GROUP_DURATIONS:
                 fix(group, path, f"groups[{i}].")
+            monitors = group.get("monitors") if isinstance(group, dict) else None
+            for j, monitor in enumerate(monitors if isinstance(monitors, list) else []):
+                for key in _MONITOR_DURATIONS:
+                    fix(monitor, (key,), f"groups[{i}].monitors[{j}].")
 
 
 def _from_msgspec(exc: msgspec.ValidationError) -> ConfigError:
@@ -160,8 +172,41 @@ def validate(spec: ClusterSpec) -> None:
             if name in seen:
                 raise ConfigError(f"{at}.possible[{j}]", f"node {name!r} is listed twice")
             seen.add(name)
-        if not group.app.command.strip():
-            raise ConfigError(f"{at}.app.command", "must not be empty")
+        _validate_app(group.app, f"{at}.app")
+        for j, monitor in enumerate(group.monitors):
+            _validate_monitor(monitor, f"{at}.monitors[{j}]")
+        if group.restart.max < 0:
+            raise ConfigError(f"{at}.restart.max", "must be 0 or more")
+
+
+def _validate_app(app: App, at: str) -> None:
+    if (app.command is None) == (app.start is None):
+        raise ConfigError(at, "give either 'command' (a foreground app) or 'start' (a daemon)")
+    if app.command is not None:
+        if not app.command.strip():
+            raise ConfigError(f"{at}.command", "must not be empty")
+        for key in ("stop", "check"):
+            if getattr(app, key) is not None:
+                raise ConfigError(f"{at}.{key}", "only for a daemon app given with 'start'")
+    elif app.stop is None or app.check is None:
+        missing = "stop" if app.stop is None else "check"
+        raise ConfigError(f"{at}.{missing}", "a daemon app given with 'start' needs it")
+    if app.user is not None and not _USER.match(app.user):
+        raise ConfigError(f"{at}.user", f"invalid user name {app.user!r}")
+    if app.user == "root":
+        raise ConfigError(f"{at}.user", "leave 'user' out to run as the supervisor's user")
+
+
+def _validate_monitor(monitor: Monitor, at: str) -> None:
+    given = [k for k in ("tcp", "http", "exec") if getattr(monitor, k) is not None]
+    if len(given) != 1:
+        raise ConfigError(at, "give exactly one of tcp, http, exec")
+    if monitor.tcp is not None and not 0 < monitor.tcp < 65536:
+        raise ConfigError(f"{at}.tcp", f"not a port: {monitor.tcp}")
+    if monitor.http is not None and not monitor.http.startswith(("http://", "https://")):
+        raise ConfigError(f"{at}.http", f"not an http(s) URL: {monitor.http!r}")
+    if monitor.failures < 1:
+        raise ConfigError(f"{at}.failures", "must be 1 or more")
 
 
 def encode(spec: ClusterSpec) -> bytes:

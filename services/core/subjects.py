@@ -67,6 +67,10 @@ class Subjects:
     def service(self, group: str, what: str) -> str:
         return f"{self.root}.service.{group}.{what}"
 
+    # -- requests (outside <root>.>: not events, not kept) ---------------------------------------
+    def logs_request(self, node: str) -> str:
+        return f"{self.root}_rpc.logs.{node}"
+
     # -- durable state ------------------------------------------------------------------------
     @property
     def stream(self) -> str:

@@ -1,20 +1,25 @@
 """The placement rules, pure: cluster state in, decisions out. No I/O, no clock.
 
-For each group, over its sequenced list ``[preferred] + possible``:
+A node is *eligible* for a group when it is up, in the group's list, and the group has not
+failed there for good within its failure timeout (``banned``). For each group, over its
+sequenced list ``[preferred] + possible``:
 
-- running on a live node that is still in its list: stay (failback is manual);
-- its node was lost: the first live node *after* the lost one, wrapping to the front;
-- its node is live but no longer in its list, or the group left the file: release it first
-  (node None); it is placed again only once no live node still holds its address, so an
-  address is never up on two live nodes;
-- unplaced: its preferred node if live, else (once the cluster has settled, so that nodes
-  still booting get their chance) the first live node of the list.
+- its app's stop failed on a live node (``blocked_by``): start it nowhere until that resolves;
+- running on an eligible node: stay (failback is manual);
+- its node was lost: the first eligible node *after* the lost one, wrapping to the front;
+- its node is live but no longer eligible (the app failed there for good, the node left the
+  list) or the group left the file: release it first (node None); it is placed again only once
+  no live node still holds its address, so an address is never up on two live nodes;
+- unplaced: its preferred node if eligible, else (once the cluster has settled, so that nodes
+  still booting get their chance) the first eligible node of the list.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
+
+import msgspec
 
 from schemas.cluster import ClusterSpec, Group
 from schemas.records import Placement
@@ -27,40 +32,59 @@ class Snapshot:
     current: Mapping[str, Placement]
     held_by: Mapping[str, Set[str]]  # group -> live nodes still holding its address
     settled: bool = True
+    now: float = 0.0  # unix time, for bans
 
 
-def next_live(sequence: list[str], after: str | None, up: Set[str]) -> str | None:
-    """First live node after ``after`` in the list, wrapping; from the front if ``after`` is
-    not in the list."""
+def next_node(sequence: list[str], after: str | None, ok: Callable[[str], bool]) -> str | None:
+    """First node after ``after`` in the list for which ``ok`` holds, wrapping; from the front
+    if ``after`` is not in the list."""
     if after in sequence:
         i = sequence.index(after)
         order = sequence[i + 1 :] + sequence[:i]
     else:
         order = sequence
-    return next((n for n in order if n in up), None)
+    return next((n for n in order if ok(n)), None)
+
+
+def next_live(sequence: list[str], after: str | None, up: Set[str]) -> str | None:
+    return next_node(sequence, after, lambda n: n in up)
 
 
 def decide_group(group: Group, snap: Snapshot) -> tuple[str | None, str] | None:
     """The group's new node and the reason, or None to leave it as it is."""
     cur = snap.current.get(group.name)
     node = cur.node if cur else None
+    banned = cur.banned if cur else {}
     sequence = group.sequence
+
+    def eligible(n: str) -> bool:
+        return n in snap.up and n in sequence and banned.get(n, 0.0) <= snap.now
+
+    if cur is not None and cur.blocked_by in snap.up:
+        if node is not None:
+            return None, f"stop failed on {cur.blocked_by}"
+        return None
     if node is not None:
+        if eligible(node):
+            return None
         if node in snap.up:
-            if node in sequence:
-                return None
-            return None, f"node {node} is no longer in the group's list"
-        return next_live(sequence, node, snap.up), f"node {node} lost"
+            why = (
+                f"the app failed for good on {node}"
+                if banned.get(node, 0.0) > snap.now
+                else f"node {node} is no longer in the group's list"
+            )
+            return None, why
+        return next_node(sequence, node, eligible), f"node {node} lost"
     if snap.held_by.get(group.name):
         return None  # released but still held by a live node: wait for its release
-    if group.preferred in snap.up:
+    if eligible(group.preferred):
         return group.preferred, "preferred node up"
     if not snap.settled and cur is None:
         return None  # starting: give the preferred node time to join
-    target = next_live(sequence, None, snap.up)
+    target = next_node(sequence, None, eligible)
     if target is None:
         return None
-    return target, "preferred node down, first live node in the list"
+    return target, "preferred node unavailable, first eligible node in the list"
 
 
 def decide(snap: Snapshot) -> list[Placement]:
@@ -74,7 +98,10 @@ def decide(snap: Snapshot) -> list[Placement]:
         cur = snap.current.get(group.name)
         if cur is not None and cur.node == node:
             continue
-        out.append(Placement(group.name, node, (cur.epoch if cur else 0) + 1, reason))
+        if cur is None:
+            out.append(Placement(group.name, node, 1, reason))
+        else:
+            out.append(msgspec.structs.replace(cur, node=node, epoch=cur.epoch + 1, reason=reason))
     names = {g.name for g in snap.spec.groups}
     for name, cur in sorted(snap.current.items()):
         if name not in names and cur.node is not None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
+import msgspec
 from nats.js.kv import KeyValue
 
 from schemas.events import (
     AddressAcquired,
     AddressReleased,
+    AppFailed,
+    AppStopFailed,
+    AppStopped,
     ConfigApplied,
     NodeJoined,
     NodeLost,
@@ -18,7 +23,7 @@ from schemas.events import (
 )
 from schemas.records import AddressStatus, NodeRecord, NodeState, Placement
 
-from ..core.bus import Bus, encode, ensure_stream, kv
+from ..core.bus import Bus, encode, ensure_stream, get_record, kv
 from ..core.clusterconfig import ConfigSource
 from ..core.kvcache import KVCache
 from ..core.runner import every
@@ -52,6 +57,9 @@ class PlacementService:
             s.all_address_events(), (AddressAcquired, AddressReleased), self.on_address
         )
         await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
+        await self.bus.subscribe(
+            s.all_app_events(), (AppFailed, AppStopFailed, AppStopped), self.on_app
+        )
         async with asyncio.TaskGroup() as tg:
             for name, cache in (
                 ("nodes", self.nodes),
@@ -75,6 +83,65 @@ class PlacementService:
         status = AddressStatus(event.group, event.node, event.address, held, event.epoch)
         self.addresses.note(key, self.addresses.revision(key) or 0, status)
         self.dirty.set()
+
+    async def on_app(self, event: AppFailed | AppStopFailed | AppStopped) -> None:
+        """Remember where a group failed for good (a ban until its failure timeout) and where
+        its stop failed (a block until the stop is confirmed or the node is lost)."""
+        spec = self.config.spec
+        group = spec.group(event.group) if spec else None
+        if group is None:
+            return
+        until = time.time() + group.restart.failure_timeout
+        node = event.node
+        if isinstance(event, AppFailed):
+            if not event.final:
+                return
+            log.warning("group %s failed for good on %s: %s", event.group, node, event.reason)
+            await self.amend(
+                event.group, lambda p: msgspec.structs.replace(p, banned={**p.banned, node: until})
+            )
+        elif isinstance(event, AppStopFailed):
+            log.error(
+                "group %s: stop failed on %s; it starts nowhere else until resolved",
+                event.group,
+                node,
+            )
+            await self.amend(
+                event.group,
+                lambda p: msgspec.structs.replace(
+                    p, banned={**p.banned, node: until}, blocked_by=node
+                ),
+            )
+        else:
+            await self.amend(
+                event.group,
+                lambda p: (
+                    msgspec.structs.replace(p, blocked_by=None) if p.blocked_by == node else p
+                ),
+            )
+        self.dirty.set()
+
+    async def amend(self, group: str, change: Callable[[Placement], Placement]) -> None:
+        """Change a group's record without a new decision (same epoch), compare-and-set."""
+        for _ in range(5):
+            entry_rev = self.placements.revision(group)
+            current = self.placements.get(group)
+            if current is None or entry_rev is None:
+                return
+            new = change(current)
+            if new == current:
+                return
+            try:
+                revision = await self.placement_bucket.update(group, encode(new), last=entry_rev)
+            except Exception:
+                fresh = await get_record(self.placement_bucket, group, Placement)
+                entry = await self.placement_bucket.get(group)
+                if fresh is not None and entry.revision:
+                    self.placements.note(group, entry.revision, fresh)
+                continue
+            self.placements.note(group, revision, new)
+            return
+        log.error("could not record %s's failure after 5 tries; the next event retries", group)
 
     async def on_config(self, _: ConfigApplied) -> None:
         if await self.config.refresh():
@@ -115,6 +182,7 @@ class PlacementService:
             current=self.placements.values(),
             held_by=held,
             settled=time.monotonic() - self.started >= settle or up >= {n.name for n in spec.nodes},
+            now=time.time(),
         )
 
     async def reconcile(self) -> None:

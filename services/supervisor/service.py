@@ -1,21 +1,25 @@
-"""The supervisor's I/O: placement and address state in, app processes and events out."""
+"""The supervisor's I/O: placement and address state in, group runs and events out."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import time
 from ipaddress import IPv4Interface
 from pathlib import Path
+
+from nats.aio.msg import Msg
 
 from schemas.events import (
     AddressAcquired,
     AddressReleased,
     AppFailed,
     AppStarted,
+    AppStopFailed,
     AppStopped,
     ConfigApplied,
+    MonitorsStarted,
+    MonitorsStopped,
     PlacementDecided,
     ServiceDown,
     ServiceUp,
@@ -27,11 +31,12 @@ from ..core.clusterconfig import ConfigSource
 from ..core.kvcache import KVCache
 from ..core.runner import every
 from ..core.subjects import address_key, app_key
-from .process import AppProcess
+from .lifecycle import GroupRun
+from .restarts import RestartTracker
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF = 1.0  # seconds before a crashed app is started again (issue #3 adds a policy)
+LOG_TAIL = 64 * 1024  # bytes of a group's log that `vigil logs` gets
 
 
 class Supervisor:
@@ -41,9 +46,13 @@ class Supervisor:
         self.state_dir = state_dir
         self.config = ConfigSource(bus)
         self.dirty = asyncio.Event()
-        self.apps: dict[str, AppProcess] = {}
-        self.not_before: dict[str, float] = {}  # group -> monotonic time a restart may happen
+        self.runs: dict[str, GroupRun] = {}
+        self.trackers: dict[str, RestartTracker] = {}
+        self.pending_down: dict[str, int] = {}  # group -> epoch: service down after the release
         self.tg: asyncio.TaskGroup | None = None
+
+    def log_path(self, group: str) -> Path:
+        return self.state_dir / "logs" / f"{group}.log"
 
     async def run(self) -> None:
         s = self.bus.subjects
@@ -60,6 +69,7 @@ class Supervisor:
             s.all_address_events(self.node), (AddressAcquired, AddressReleased), self.on_address
         )
         await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
+        await self.bus.nc.subscribe(s.logs_request(self.node), cb=self.on_logs)
         log.info("supervisor for node %s", self.node)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -76,10 +86,7 @@ class Supervisor:
         our previous incarnation."""
         spec = self.config.spec
         for group in spec.groups if spec else []:
-            await self.observed.put(
-                app_key(self.node, group.name),
-                encode(AppStatus(group.name, self.node, False, 0)),
-            )
+            await self.put_status(group.name, running=False, epoch=0)
 
     # -- edge triggers -------------------------------------------------------------------------
     async def on_placement(self, event: PlacementDecided) -> None:
@@ -93,11 +100,11 @@ class Supervisor:
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
         key = address_key(self.node, event.group)
         held = isinstance(event, AddressAcquired)
-        self.addresses.note(
-            key,
-            self.addresses.revision(key) or 0,
-            AddressStatus(event.group, self.node, event.address, held, event.epoch),
-        )
+        status = AddressStatus(event.group, self.node, event.address, held, event.epoch)
+        self.addresses.note(key, self.addresses.revision(key) or 0, status)
+        if not held and event.group in self.pending_down:
+            # Halt method, last step: the address is gone, so the service is down here.
+            await self.service_down(event.group, self.pending_down.pop(event.group), "user")
         self.dirty.set()
 
     async def on_config(self, _: ConfigApplied) -> None:
@@ -107,6 +114,21 @@ class Supervisor:
     async def tick(self) -> None:
         await self.config.refresh()
         self.dirty.set()
+
+    async def on_logs(self, msg: Msg) -> None:
+        group = msg.data.decode(errors="replace").strip()
+        spec = self.config.spec
+        if spec is None or spec.group(group) is None:
+            await msg.respond(f"vigil: unknown group {group!r}\n".encode())
+            return
+        path = self.log_path(group)
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, path.stat().st_size - LOG_TAIL))
+                data = f.read()
+        except FileNotFoundError:
+            data = f"(no log for {group} on {self.node} yet)\n".encode()
+        await msg.respond(data)
 
     # -- reconcile -----------------------------------------------------------------------------
     async def reconcile_loop(self) -> None:
@@ -143,19 +165,36 @@ class Supervisor:
 
     async def reconcile(self) -> None:
         wanted = self.wanted()
-        for group in [g for g in self.apps if g not in wanted]:
-            await self.halt(group, reason="user")
-        now = time.monotonic()
-        for group, epoch in wanted.items():
-            if group in self.apps:
-                self.apps[group].epoch = epoch
-            elif now >= self.not_before.get(group, 0.0):
-                await self.start(group, epoch)
+        for name, run in self.runs.items():
+            if name not in wanted:
+                await run.halt()
             else:
-                asyncio.get_running_loop().call_at(
-                    asyncio.get_running_loop().time() + self.not_before[group] - now,
-                    self.dirty.set,
-                )
+                run.epoch = wanted[name]
+        for name, epoch in wanted.items():
+            if name not in self.runs:
+                self.begin(name, epoch)
+
+    def begin(self, name: str, epoch: int) -> None:
+        spec = self.config.spec
+        assert spec is not None and self.tg is not None
+        group = spec.group(name)
+        assert group is not None
+        tracker = self.trackers.setdefault(name, RestartTracker(group.restart))
+        tracker.policy = group.restart
+        self.pending_down.pop(name, None)
+        run = GroupRun(group, epoch, self.env(name), self.log_path(name), self, tracker)
+        self.runs[name] = run
+        self.tg.create_task(self.own(run), name=f"group-{name}")
+
+    async def own(self, run: GroupRun) -> None:
+        try:
+            await run.main()
+        except Exception:
+            log.exception("group %s's run crashed", run.name)
+        finally:
+            if self.runs.get(run.name) is run:
+                del self.runs[run.name]
+            self.dirty.set()
 
     def env(self, group: str) -> dict[str, str]:
         spec = self.config.spec
@@ -165,64 +204,93 @@ class Supervisor:
         address = IPv4Interface(g.address)
         return {
             **os.environ,
+            **g.app.env,
             "VIGIL_GROUP": group,
             "VIGIL_NODE": self.node,
             "VIGIL_ADDRESS": str(address.ip),
             "VIGIL_ADDRESS_CIDR": str(address),
         }
 
-    async def start(self, group: str, epoch: int) -> None:
+    async def stop_all(self) -> None:
+        """Shutdown: halt every group here (each run's halt method stops its app)."""
+        for run in list(self.runs.values()):
+            await run.halt()
+            if run.app is not None:
+                await run.app.stop(run.group.app.stop_timeout)
+
+    # -- the Reporter: what the runs tell the world --------------------------------------------
+    def address_of(self, group: str) -> str:
         spec = self.config.spec
-        assert spec is not None and self.tg is not None
-        g = spec.group(group)
-        assert g is not None
-        try:
-            app = await AppProcess.start(
-                group,
-                epoch,
-                g.app.command,
-                self.env(group),
-                self.state_dir / "logs" / f"{group}.log",
-            )
-        except OSError as exc:
-            log.error("cannot start %s: %s", group, exc)
-            await self.failed(group, epoch, None, f"cannot start: {exc.strerror or exc}")
-            return
-        self.apps[group] = app
-        log.info("started %s (pid %d, epoch %d)", group, app.pid, epoch)
-        s = self.bus.subjects
-        await self.bus.publish(
-            s.app(self.node, group, "started"),
-            AppStarted(**self.bus.stamp(), group=group, node=self.node, epoch=epoch, pid=app.pid),
+        g = spec.group(group) if spec else None
+        return g.address if g else ""
+
+    async def put_status(
+        self,
+        group: str,
+        *,
+        running: bool,
+        epoch: int,
+        pid: int | None = None,
+        stop_failed: bool = False,
+    ) -> None:
+        await self.observed.put(
+            app_key(self.node, group),
+            encode(AppStatus(group, self.node, running, epoch, pid, stop_failed)),
         )
+
+    async def app_started(self, group: str, epoch: int, pid: int) -> None:
+        log.info("started %s (pid %d, epoch %d)", group, pid, epoch)
         await self.bus.publish(
-            s.service(group, "up"),
-            ServiceUp(
-                **self.bus.stamp(), group=group, node=self.node, address=g.address, epoch=epoch
+            self.bus.subjects.app(self.node, group, "started"),
+            AppStarted(**self.bus.stamp(), group=group, node=self.node, epoch=epoch, pid=pid),
+        )
+        await self.put_status(group, running=True, epoch=epoch, pid=pid or None)
+
+    async def monitors_started(self, group: str, epoch: int, names: list[str]) -> None:
+        await self.bus.publish(
+            self.bus.subjects.app(self.node, group, "monitors_started"),
+            MonitorsStarted(
+                **self.bus.stamp(), group=group, node=self.node, epoch=epoch, monitors=names
             ),
         )
-        await self.observed.put(
-            app_key(self.node, group), encode(AppStatus(group, self.node, True, epoch, app.pid))
-        )
-        self.tg.create_task(self.watch(app), name=f"watch-app-{group}")
 
-    async def watch(self, app: AppProcess) -> None:
-        """We are the app's parent: its exit is known the moment it happens."""
-        code = await app.wait()
-        if app.stopping or self.apps.get(app.group) is not app:
-            return
-        del self.apps[app.group]
-        app.stopping = True
-        await app.stop(0)  # leftovers of its process group
-        log.warning("app of %s exited with %s; restarting in %gs", app.group, code, RESTART_BACKOFF)
-        self.not_before[app.group] = time.monotonic() + RESTART_BACKOFF
-        await self.failed(app.group, app.epoch, code, f"exited with {code}")
-        self.dirty.set()
-
-    async def failed(self, group: str, epoch: int, code: int | None, reason: str) -> None:
-        s = self.bus.subjects
+    async def monitors_stopped(self, group: str, epoch: int) -> None:
         await self.bus.publish(
-            s.app(self.node, group, "failed"),
+            self.bus.subjects.app(self.node, group, "monitors_stopped"),
+            MonitorsStopped(**self.bus.stamp(), group=group, node=self.node, epoch=epoch),
+        )
+
+    async def service_up(self, group: str, epoch: int) -> None:
+        await self.bus.publish(
+            self.bus.subjects.service(group, "up"),
+            ServiceUp(
+                **self.bus.stamp(),
+                group=group,
+                node=self.node,
+                address=self.address_of(group),
+                epoch=epoch,
+            ),
+        )
+
+    async def service_down(self, group: str, epoch: int, reason: str) -> None:
+        await self.bus.publish(
+            self.bus.subjects.service(group, "down"),
+            ServiceDown(
+                **self.bus.stamp(),
+                group=group,
+                node=self.node,
+                address=self.address_of(group),
+                epoch=epoch,
+                reason=reason,
+            ),
+        )
+
+    async def app_failed(
+        self, group: str, epoch: int, code: int | None, reason: str, final: bool
+    ) -> None:
+        log.warning("%s failed%s: %s", group, " for good" if final else "", reason)
+        await self.bus.publish(
+            self.bus.subjects.app(self.node, group, "failed"),
             AppFailed(
                 **self.bus.stamp(),
                 group=group,
@@ -230,49 +298,32 @@ class Supervisor:
                 epoch=epoch,
                 exit_code=code,
                 reason=reason,
+                final=final,
             ),
         )
-        await self.service_down(group, epoch, "failure")
-        await self.observed.put(
-            app_key(self.node, group), encode(AppStatus(group, self.node, False, epoch))
-        )
+        if not final:
+            await self.service_down(group, epoch, "failure")
+        await self.put_status(group, running=False, epoch=epoch)
 
-    async def service_down(self, group: str, epoch: int, reason: str) -> None:
-        spec = self.config.spec
-        g = spec.group(group) if spec else None
-        await self.bus.publish(
-            self.bus.subjects.service(group, "down"),
-            ServiceDown(
-                **self.bus.stamp(),
-                group=group,
-                node=self.node,
-                address=g.address if g else "",
-                epoch=epoch,
-                reason=reason,
-            ),
-        )
-
-    async def halt(self, group: str, reason: str) -> None:
-        app = self.apps.pop(group)
-        spec = self.config.spec
-        g = spec.group(group) if spec else None
-        timeout = g.app.stop_timeout if g else 5.0
-        await self.service_down(group, app.epoch, reason)
-        code = await app.stop(timeout)
-        log.info("stopped %s (exit %s)", group, code)
-        # The app status goes first: the address service releases only once it reads it.
-        await self.observed.put(
-            app_key(self.node, group), encode(AppStatus(group, self.node, False, app.epoch))
-        )
+    async def app_stopped(self, group: str, epoch: int, code: int | None) -> None:
+        log.info("stopped %s (epoch %d)", group, epoch)
+        # The status goes first: the address service releases only once it reads it.
+        await self.put_status(group, running=False, epoch=epoch)
+        self.pending_down[group] = epoch
         await self.bus.publish(
             self.bus.subjects.app(self.node, group, "stopped"),
             AppStopped(
-                **self.bus.stamp(), group=group, node=self.node, epoch=app.epoch, exit_code=code
+                **self.bus.stamp(), group=group, node=self.node, epoch=epoch, exit_code=code
             ),
         )
 
-    async def stop_all(self) -> None:
-        for app in list(self.apps.values()):
-            app.stopping = True
-            await app.stop(2.0)
-        self.apps.clear()
+    async def stop_failed(self, group: str, epoch: int, reason: str) -> None:
+        log.error("%s: stop failed: %s", group, reason)
+        await self.put_status(group, running=False, epoch=epoch, stop_failed=True)
+        self.pending_down[group] = epoch
+        await self.bus.publish(
+            self.bus.subjects.app(self.node, group, "stop_failed"),
+            AppStopFailed(
+                **self.bus.stamp(), group=group, node=self.node, epoch=epoch, reason=reason
+            ),
+        )

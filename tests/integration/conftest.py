@@ -215,9 +215,7 @@ class Services:
         for bus in reversed(self.buses):
             await bus.close()
         for task, result in zip(self.tasks, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(
-                result, asyncio.CancelledError
-            ):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise AssertionError(f"service task {task.get_name()} crashed") from result
 
 

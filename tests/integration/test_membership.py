@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -26,6 +28,18 @@ class ProbedMembership(Membership):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.heard = asyncio.Event()
+        self._reloaded = asyncio.Event()
+
+    async def reload(self) -> None:
+        await super().reload()
+        self._reloaded.set()
+
+    async def applied(self, revision: int) -> None:
+        """Return once this replica has loaded config ``revision`` (or a later one)."""
+        async with asyncio.timeout(DEADLINE):
+            while self.config.revision < revision:
+                self._reloaded.clear()
+                await self._reloaded.wait()
 
     async def on_heartbeat(self, msg: Msg) -> None:
         await super().on_heartbeat(msg)
@@ -122,3 +136,29 @@ async def test_two_replicas_publish_each_transition_once(
     assert len(rec.matching(of(NodeJoined, node="n2"))) == 1
     assert rec.matching(of(NodeLost, node="n2")) == []
     assert {e.source for _, e in rec.events} <= {m.bus.source for m in replicas}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Membership.reload only seeds leases from the nodes bucket once; a node "
+    "re-added to the file while recorded 'up' is never watched, so it is never declared lost",
+)
+async def test_a_node_dropped_from_the_file_and_readded_while_dead_is_lost(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    s = subjects
+    rec = await record(client, s.all_node_events)
+    (m,), hearts = await start_membership(services, client, s)
+    await rec.wait(of(NodeJoined, node="n1"))
+    await rec.wait(of(NodeJoined, node="n2"))
+    cli = await services.bus("cli", "test2")
+
+    await m.applied(await store(cli, make_spec(["n1"])))  # n2 leaves the cluster file ...
+    hearts.beating.discard("n2")  # ... and is switched off
+    await m.applied(await store(cli, make_spec(["n1", "n2"])))  # later it is listed again
+
+    # Its record still says "up" (placement and `vigil status` believe it), so membership
+    # must give it a lease and declare it lost when that lapses.
+    n2 = await get_record(await kv(cli, s.bucket_nodes), "n2", NodeRecord)
+    assert n2 is not None and n2.state == "up"
+    await rec.wait(of(NodeLost, node="n2"), timeout=4 * LEASE)

@@ -6,23 +6,33 @@ NodeJoined / NodeLost, as membership would.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
+from datetime import timedelta
 
 import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from schemas.events import NodeJoined, NodeLost, PlacementDecided
-from schemas.records import NodeRecord, NodeState, Placement
+from schemas.events import (
+    AddressAcquired,
+    AddressReleased,
+    NodeJoined,
+    NodeLost,
+    PlacementDecided,
+)
+from schemas.records import AddressStatus, NodeRecord, NodeState, Placement
 from services.core.bus import encode, get_record, kv, now
 from services.core.clusterconfig import store
-from services.core.subjects import Subjects
-from services.placement.service import PlacementService
+from services.core.subjects import Subjects, address_key
+from services.placement.service import RESYNC, PlacementService
 
-from .conftest import Recorder, Services, group, make_spec, of, record
+from .conftest import DEADLINE, Recorder, Services, group, make_spec, of, record
 
 NODES = ["n1", "n2", "n3"]
+LEASE = 0.25  # make_spec's default timing: heartbeat 50ms, lease 250ms
 WEB1 = group("web1", "10.213.77.1/24", "n1", ["n2", "n3"])
 
 
@@ -48,20 +58,36 @@ class Cluster:
         await self.client.publish(subject, msgspec.json.encode(data))
 
 
+class ProbedPlacement(PlacementService):
+    """Placement with a probe: ``address_seen`` is set once it has handled an address event."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.address_seen = asyncio.Event()
+
+    async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
+        await super().on_address(event)
+        self.address_seen.set()
+
+
 async def start_placement(
-    services: Services, client: Client, subjects: Subjects, replicas: int = 1
-) -> tuple[Cluster, Recorder, KeyValue, list[PlacementService]]:
-    """A 3-node spec with web1 (n1, then n2, n3), every node up, ``replicas`` placements."""
+    services: Services,
+    client: Client,
+    subjects: Subjects,
+    replicas: int = 1,
+    up: list[str] = NODES,
+) -> tuple[Cluster, Recorder, KeyValue, list[ProbedPlacement]]:
+    """A 3-node spec with web1 (n1, then n2, n3), the ``up`` nodes up, ``replicas`` placements."""
     s = subjects
     cli = await services.bus("cli", "test")
     await store(cli, make_spec(NODES, [WEB1]))
     cluster = Cluster(client, s, await kv(cli, s.bucket_nodes))
-    for n in NODES:
+    for n in up:
         await cluster.set_node(n, "up")
     rec = await record(client, s.all_placements)
     placements = []
     for i in range(replicas):
-        p = PlacementService(await services.bus("placement", f"p{i + 1}"))
+        p = ProbedPlacement(await services.bus("placement", f"p{i + 1}"))
         services.spawn(p.run(), f"placement-p{i + 1}")
         placements.append(p)
     return cluster, rec, await kv(cli, s.bucket_placement), placements
@@ -124,3 +150,110 @@ async def test_failback_is_manual(client: Client, services: Services, subjects: 
     # The next move is epoch 3 (nothing happened in between), to the node *after* n2.
     await cluster.set_node("n2", "lost")
     await expect_decision(rec, bucket, "n3", "n2", 3)
+
+
+async def test_a_missing_preferred_node_gets_time_to_join(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    started = time.monotonic()
+    _, rec, bucket, _ = await start_placement(services, client, subjects, up=["n2", "n3"])
+    decided = await expect_decision(rec, bucket, "n2", None, 1)
+    # Not before the cluster settled: 3 leases after placement started (then the next resync).
+    assert time.monotonic() - started >= 3 * LEASE
+    assert decided.reason == "preferred node down, first live node in the list"
+
+
+async def test_a_group_moved_off_its_list_is_placed_again_only_once_its_address_is_released(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    s = subjects
+    cluster, rec, bucket, (p,) = await start_placement(services, client, s)
+    await expect_decision(rec, bucket, "n1", None, 1)
+
+    # The address service on n1 holds web1's address (bucket and event, as it would).
+    address = WEB1["address"]
+    held = AddressStatus("web1", "n1", address, True, 1)
+    observed = await kv(p.bus, s.bucket_observed)
+    await observed.put(address_key("n1", "web1"), encode(held))
+    stamp = {"source": "address@n1", "ts": now()}
+    acquired = AddressAcquired(**stamp, seq=1, group="web1", node="n1", address=address, epoch=1)
+    await client.publish(s.address("n1", "web1", "acquired"), msgspec.json.encode(acquired))
+    await asyncio.wait_for(p.address_seen.wait(), DEADLINE)
+
+    # The operator takes n1 out of web1's list: release first ...
+    cli = await services.bus("cli", "test2")
+    await store(cli, make_spec(NODES, [group("web1", address, "n2", ["n3"])]))
+    released = await expect_decision(rec, bucket, None, "n1", 2)
+    assert released.reason == "node n1 is no longer in the group's list"
+    # ... and place it again only once n1 no longer holds the address.
+    await rec.none_within(of(PlacementDecided), since=rec.after(released), timeout=RESYNC + 0.2)
+    await observed.put(
+        address_key("n1", "web1"), encode(AddressStatus("web1", "n1", address, False, 2))
+    )
+    gone = AddressReleased(**stamp, seq=2, group="web1", node="n1", address=address, epoch=2)
+    await client.publish(s.address("n1", "web1", "released"), msgspec.json.encode(gone))
+    placed = await expect_decision(rec, bucket, "n2", None, 3)
+    assert placed.reason == "preferred node up"
+
+
+async def test_a_group_removed_from_the_file_is_released(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    _, rec, bucket, _ = await start_placement(services, client, subjects)
+    await expect_decision(rec, bucket, "n1", None, 1)
+    cli = await services.bus("cli", "test2")
+    await store(cli, make_spec(NODES, [group("web2", "10.213.77.2/24", "n2", [])]))
+    web1 = await rec.wait(of(PlacementDecided, group="web1", epoch=2))
+    assert (web1.node, web1.reason) == (None, "group removed from the cluster file")
+    await rec.wait(of(PlacementDecided, group="web2", node="n2", epoch=1))
+
+
+STALE = "BUG: PlacementService.on_node trusts any node event over the nodes bucket"
+
+
+@pytest.mark.xfail(strict=True, reason=f"{STALE}: a late NodeJoined puts a group on a dead node")
+async def test_a_late_node_joined_does_not_revive_a_dead_node(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    cluster, rec, bucket, _ = await start_placement(services, client, subjects)
+    await expect_decision(rec, bucket, "n1", None, 1)
+    await cluster.set_node("n3", "lost")
+    await cluster.set_node("n1", "lost")
+    await expect_decision(rec, bucket, "n2", "n1", 2)
+
+    # A NodeJoined for n1 from before it died arrives late (say a membership replica flushes
+    # its reconnect buffer). The nodes bucket, written after it, says n1 is lost.
+    record = await get_record(cluster.nodes, "n1", NodeRecord)
+    assert record is not None and record.state == "lost"
+    late = NodeJoined(
+        source="membership@m2", seq=1, ts=record.since - timedelta(seconds=10), node="n1"
+    )
+    await client.publish(subjects.node_joined("n1"), msgspec.json.encode(late))
+
+    # n2 dies too: n3 and n1 are dead, so the group must halt, not go to n1.
+    await cluster.set_node("n2", "lost")
+    halted = await expect_decision(rec, bucket, None, "n2", 3)
+    # ... and stays halted (whichever of the two messages placement handled first).
+    await rec.none_within(of(PlacementDecided), since=rec.after(halted), timeout=0.5)
+
+
+@pytest.mark.xfail(strict=True, reason=f"{STALE}: a late NodeLost moves a group off a live node")
+async def test_a_late_node_lost_does_not_move_a_group_off_a_live_node(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    cluster, rec, bucket, _ = await start_placement(services, client, subjects)
+    first = await expect_decision(rec, bucket, "n1", None, 1)
+
+    record = await get_record(cluster.nodes, "n1", NodeRecord)
+    assert record is not None and record.state == "up"
+    late = NodeLost(
+        source="membership@m2",
+        seq=1,
+        ts=record.since - timedelta(seconds=10),
+        node="n1",
+        silent_for=0.3,
+    )
+    await client.publish(subjects.node_lost("n1"), msgspec.json.encode(late))
+    await rec.none_within(of(PlacementDecided), since=rec.after(first), timeout=0.5)
+    stored = await get_record(bucket, "web1", Placement)
+    assert stored is not None and (stored.node, stored.epoch) == ("n1", 1)

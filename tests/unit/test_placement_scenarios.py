@@ -28,11 +28,18 @@ def snapshot(raw: dict[str, Any]) -> Snapshot:
         spec=load_data({k: raw[k] for k in ("cluster", "nodes", "groups")}),
         up=set(raw.get("up", [])),
         current={
-            g: Placement(g, c.get("node"), c["epoch"])
+            g: Placement(
+                g,
+                c.get("node"),
+                c["epoch"],
+                banned=c.get("banned", {}),
+                blocked_by=c.get("blocked_by"),
+            )
             for g, c in (raw.get("current") or {}).items()
         },
         held_by={g: set(nodes) for g, nodes in (raw.get("held_by") or {}).items()},
         settled=raw.get("settled", True),
+        now=raw.get("now", 0.0),
     )
 
 
@@ -55,6 +62,7 @@ def test_decisions_reach_a_fixed_point() -> None:
         snap = snapshot(yaml.safe_load(path.read_text()))
         current = dict(snap.current)
         for _ in range(2):
-            for p in decide(Snapshot(snap.spec, snap.up, current, {}, snap.settled)):
+            for p in decide(Snapshot(snap.spec, snap.up, current, {}, snap.settled, snap.now)):
                 current[p.group] = p
-        assert decide(Snapshot(snap.spec, snap.up, current, {}, snap.settled)) == [], path.name
+        again = Snapshot(snap.spec, snap.up, current, {}, snap.settled, snap.now)
+        assert decide(again) == [], path.name

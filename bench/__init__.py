@@ -1,0 +1,1 @@
+"""Vigil benchmarks: ``python -m bench`` (see bench/cli.py)."""

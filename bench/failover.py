@@ -1,0 +1,335 @@
+"""Section 1: failover in the lab, seen by a real client in the client namespace.
+
+One lab per timing set: two nodes and one group (``web1``, the lab's demo app, preferred on n1,
+possible n2). The client probes the group's address every 10 ms with a 50 ms timeout
+(``services.lab.probe``, through ``services.lab.demo.Probe``).
+
+node loss   kill the node that serves ``web1`` (SIGKILL everything in its namespace, link down:
+            ``Lab.kill``), wait for the first answer from the survivor, revive the victim, let it
+            rejoin. The next run kills the other node, so the lab never has to be rebuilt and
+            every run is the same real failover, in alternating directions.
+app crash   SIGKILL the app's process (the pid it prints) and wait until the group serves again
+            (the supervisor restarts it after its back-off).
+
+The hops come from the events' own ``ts`` stamps; all processes share this machine's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from schemas.cluster import ClusterSpec, Timing
+from schemas.events import (
+    AddressAcquired,
+    AddressReleased,
+    AppFailed,
+    AppStarted,
+    NodeJoined,
+    NodeLost,
+    PlacementDecided,
+)
+from services import status as status_mod
+from services.core.bus import Bus
+from services.core.config import load_data
+from services.lab.demo import Answer, Probe
+from services.lab.lab import Lab, LabState, vip
+from services.lab.netns import LabError
+from services.lab.specs import generated
+
+from .events import Recorder, ts
+from .procstat import Usage, Window
+
+GROUP = "web1"
+TIMINGS: dict[str, Timing] = {
+    "default": Timing(),
+    "tuned": Timing(heartbeat=0.05, lease=0.2),
+}
+#: Crashes are spaced further apart than this, and the group's restart window (when the schema
+#: has one) is set to it, so every crash is a *first* failure: the bench measures one crash,
+#: not the restart policy's escalation after several.
+RESTART_WINDOW = 2.0
+_SERVED = re.compile(r"served by (\S+) group \S+ pid (\d+)")
+
+Log = Callable[[str], None]
+
+
+def bench_spec(timing: Timing, nodes: int = 2) -> ClusterSpec:
+    """The lab's generated cluster (one group), with ``timing``; robust to new schema fields."""
+    raw = msgspec.to_builtins(generated(nodes, groups=1))
+    raw["cluster"]["timing"] = {"heartbeat": timing.heartbeat, "lease": timing.lease}
+    for group in raw["groups"]:
+        if isinstance(group.get("restart"), dict) and "window" in group["restart"]:
+            group["restart"]["window"] = RESTART_WINDOW
+    return load_data(raw)
+
+
+def served_by(answer: Answer) -> tuple[str, int] | None:
+    m = _SERVED.search(answer.text) if answer.ok else None
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+@dataclass
+class NodeLossRun:
+    victim: str
+    t_fault: float
+    kill_s: float  # how long the kill procedure itself took
+    served_s: float | None = None  # fault -> first answer from the survivor
+    outage_s: float | None = None  # last answer before -> first answer after
+    hops: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)  # failed attempts by kind
+    silent_for: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class AppCrashRun:
+    node: str
+    t_fault: float
+    served_s: float | None = None
+    same_node: bool = True
+    hops: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+NODE_HOPS = ("detection", "decision", "address", "app", "first served")
+CRASH_HOPS = ("exit seen", "restart", "first served")
+
+
+class LabBench:
+    """A lab with one timing set, a host connection and an event recorder."""
+
+    def __init__(self, prefix: str, timing: Timing, log: Log) -> None:
+        self.lab = Lab(prefix)
+        self.spec = bench_spec(timing)
+        self.timing = timing
+        self.log = log
+        self.recorder = Recorder()
+        self.target = f"{vip(self.spec, GROUP)}:8080"
+
+    async def __aenter__(self) -> LabBench:
+        await asyncio.to_thread(self.lab.down)  # a lab of ours left behind by a crashed bench
+        started = time.monotonic()
+        self.state: LabState = await asyncio.to_thread(self.lab.up, self.spec)
+        self.up_s = time.monotonic() - started
+        try:
+            self.bus: Bus = await self.lab.connect(self.state, "bench")
+            await self.recorder.start(self.bus.nc, self.bus.subjects.all_events)
+        except BaseException:
+            await asyncio.to_thread(self.lab.down)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.bus.close()
+        await asyncio.to_thread(self.lab.down)
+
+    # -- helpers --------------------------------------------------------------------------
+    async def probe(self) -> tuple[Probe, asyncio.Task[None]]:
+        probe = Probe(self.state, self.target)
+        return probe, asyncio.create_task(probe.read(), name="probe-reader")
+
+    @staticmethod
+    async def stop_probe(probe: Probe, reader: asyncio.Task[None]) -> None:
+        await asyncio.to_thread(probe.stop)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+    async def wait_event(self, find: Callable[[], object], timeout: float) -> object:
+        deadline = time.monotonic() + timeout
+        while (hit := find()) is None:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.02)
+        return hit
+
+    def pids(self) -> dict[str, int]:
+        state = LabState.load(self.state.prefix) or self.state
+        return {p.role: p.pid for p in state.procs}
+
+    async def idle_usage(self, seconds: float) -> dict[str, Usage]:
+        """CPU and RSS of every Vigil process of the lab over ``seconds`` of idle cluster."""
+        pids = self.pids()
+        window = Window(pids.values())
+        await asyncio.sleep(seconds)
+        usage = window.usage()
+        return {role: usage[pid] for role, pid in pids.items() if pid in usage}
+
+    # -- node loss --------------------------------------------------------------------------
+    async def node_loss(self) -> NodeLossRun:
+        probe, reader = await self.probe()
+        try:
+            first = await probe.until(lambda a: served_by(a) is not None, 20, "a first answer")
+            sb = served_by(first)
+            assert sb is not None
+            victim = sb[0]
+            await asyncio.sleep(0.3)  # a steady baseline of answers before the fault
+            t0 = time.time()
+            await asyncio.to_thread(self.lab.kill, victim)
+            run = NodeLossRun(victim, t0, time.time() - t0)
+            try:
+                after = await probe.until(
+                    lambda a: a.t > t0 and (s := served_by(a)) is not None and s[0] != victim,
+                    30,
+                    "an answer from the survivor",
+                )
+            except LabError as exc:
+                run.error = str(exc)
+                return run
+            await asyncio.sleep(0.2)  # the last events are on their way
+        finally:
+            await self.stop_probe(probe, reader)
+        last_ok = max((a.t for a in probe.answers if a.ok and a.t <= t0), default=t0)
+        run.served_s = after.t - t0
+        run.outage_s = after.t - last_ok
+        run.failures = dict(Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok))
+        self.hops(run, after.t)
+        await self.rejoin(victim)
+        return run
+
+    def hops(self, run: NodeLossRun, served_at: float) -> None:
+        r, t0, victim = self.recorder, run.t_fault, run.victim
+        lost = r.find(NodeLost, t0, lambda e: e.node == victim)
+        decided = r.find(PlacementDecided, t0, lambda e: e.group == GROUP and e.node != victim)
+        if lost is None or decided is None:
+            run.error = f"events missing: node_lost={lost is not None} decided={decided is not None}"
+            return
+        run.silent_for = lost.silent_for
+        epoch = decided.epoch
+        acquired = r.find(AddressAcquired, t0, lambda e: e.group == GROUP and e.epoch == epoch)
+        started = r.find(AppStarted, t0, lambda e: e.group == GROUP and e.epoch == epoch)
+        marks = [t0, ts(lost), ts(decided)]
+        marks += [ts(acquired) if acquired else float("nan")]
+        marks += [ts(started) if started else float("nan"), served_at]
+        run.hops = {name: marks[i + 1] - marks[i] for i, name in enumerate(NODE_HOPS)}
+
+    async def rejoin(self, node: str) -> None:
+        """Revive ``node`` and wait until it is back and has tidied up after its death."""
+        t = time.time()
+        await asyncio.to_thread(self.lab.revive, node)
+        r = self.recorder
+        joined = await self.wait_event(lambda: r.find(NodeJoined, t, lambda e: e.node == node), 30)
+        if joined is None:
+            raise LabError(f"{node} did not rejoin within 30 s")
+        # Its address service drops the address it died holding: proof that it reconciled.
+        await self.wait_event(
+            lambda: r.find(AddressReleased, t, lambda e: e.node == node and e.group == GROUP), 5
+        )
+        await status_wait(self.bus, lambda v: all(n.state == "up" for n in v.nodes), 30)
+        await asyncio.sleep(1.0)  # its supervisor's caches are warm too
+
+    # -- app crash --------------------------------------------------------------------------
+    async def app_crash(self) -> AppCrashRun:
+        probe, reader = await self.probe()
+        try:
+            first = await probe.until(lambda a: served_by(a) is not None, 20, "a first answer")
+            sb = served_by(first)
+            assert sb is not None
+            node, pid = sb
+            await asyncio.sleep(0.3)
+            t0 = time.time()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            run = AppCrashRun(node, t0)
+            try:
+                after = await probe.until(
+                    lambda a: a.t > t0 and (s := served_by(a)) is not None and s[1] != pid,
+                    30,
+                    "an answer from a restarted app",
+                )
+            except LabError as exc:
+                run.error = str(exc)
+                return run
+            await asyncio.sleep(0.2)
+        finally:
+            await self.stop_probe(probe, reader)
+        new = served_by(after)
+        run.same_node = new is not None and new[0] == node
+        run.served_s = after.t - t0
+        run.failures = dict(Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok))
+        r = self.recorder
+        failed = r.find(AppFailed, t0, lambda e: e.group == GROUP)
+        started = r.find(AppStarted, t0, lambda e: e.group == GROUP)
+        if failed is not None and started is not None:
+            marks = [t0, ts(failed), ts(started), after.t]
+            run.hops = {name: marks[i + 1] - marks[i] for i, name in enumerate(CRASH_HOPS)}
+        else:
+            run.error = f"events missing: app_failed={failed is not None} started={started is not None}"
+        # The next crash must be a first failure again: outside the restart window.
+        await asyncio.sleep(max(0.0, t0 + RESTART_WINDOW + 0.3 - time.time()))
+        return run
+
+
+async def status_wait(bus: Bus, ok: Callable[[status_mod.StatusView], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok(await status_mod.read(bus)):
+        if time.monotonic() > deadline:
+            raise LabError("timed out waiting for the lab's status")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class FailoverResult:
+    timing_name: str
+    timing: Timing
+    lab_up_s: float
+    node_loss: list[NodeLossRun]
+    app_crash: list[AppCrashRun]
+    idle: dict[str, Usage]
+    restart_policy: str
+
+
+async def run_timing(
+    prefix: str, name: str, runs_node: int, runs_app: int, idle_s: float, log: Log
+) -> FailoverResult:
+    timing = TIMINGS[name]
+    async with LabBench(prefix, timing, log) as lb:
+        log(f"  lab {prefix} up in {lb.up_s:.1f} s (heartbeat {timing.heartbeat * 1000:.0f} ms, "
+            f"lease {timing.lease * 1000:.0f} ms)")
+        await asyncio.sleep(1.0)
+        idle = await lb.idle_usage(idle_s)
+        group = lb.spec.group(GROUP)
+        policy = "supervisor's built-in back-off"
+        restart = getattr(group, "restart", None)
+        if restart is not None:
+            policy = msgspec.json.encode(restart).decode()
+        node_runs: list[NodeLossRun] = []
+        for i in range(runs_node):
+            run = await lb.node_loss()
+            node_runs.append(run)
+            log(f"  node loss {i + 1}/{runs_node}: " + describe_node_run(run))
+        crash_runs: list[AppCrashRun] = []
+        for i in range(runs_app):
+            crun = await lb.app_crash()
+            crash_runs.append(crun)
+            log(f"  app crash {i + 1}/{runs_app}: " + describe_crash_run(crun))
+        return FailoverResult(name, timing, lb.up_s, node_runs, crash_runs, idle, policy)
+
+
+def describe_node_run(run: NodeLossRun) -> str:
+    if run.error and run.served_s is None:
+        return f"kill {run.victim}: ERROR {run.error}"
+    hops = " ".join(f"{k}={v * 1000:.0f}" for k, v in run.hops.items())
+    return f"kill {run.victim}: served after {run.served_s * 1000:.0f} ms ({hops})" + (
+        f" [{run.error}]" if run.error else ""
+    )
+
+
+def describe_crash_run(run: AppCrashRun) -> str:
+    if run.served_s is None:
+        return f"crash on {run.node}: ERROR {run.error}"
+    hops = " ".join(f"{k}={v * 1000:.0f}" for k, v in run.hops.items())
+    where = "same node" if run.same_node else "ANOTHER node"
+    return f"crash on {run.node}: served after {run.served_s * 1000:.0f} ms, {where} ({hops})"
