@@ -3,8 +3,9 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the lab, the tests and the fence need.
-DEB_PACKAGES := iproute2 nftables procps curl
+# Debian packages the lab, the tests and the fence need; nginx and redis are real apps the e2e
+# tests supervise (their own services are kept from starting at install: Vigil starts them).
+DEB_PACKAGES := iproute2 nftables procps curl util-linux nginx-light redis-server redis-tools
 
 .DEFAULT_GOAL := help
 .PHONY: help setup deps run test test-unit test-integration test-e2e lint typecheck schemas \
@@ -17,7 +18,11 @@ deps: ## install the Debian packages (root; skipped when present)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    own_policy=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' \
+	      > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; own_policy=1; }; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing; rc=$$?; \
+	    [ -z "$$own_policy" ] || rm -f /usr/sbin/policy-rc.d; [ $$rc = 0 ] || exit $$rc; \
 	  else echo "missing Debian packages (install as root): $$missing"; fi; \
 	fi
 

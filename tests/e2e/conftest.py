@@ -388,6 +388,8 @@ class NftMonitor:
             [
                 "timeout",
                 str(duration),
+                "stdbuf",
+                "-oL",  # nft buffers its output into a pipe; we want each line as it happens
                 "ip",
                 "netns",
                 "exec",

@@ -128,7 +128,7 @@ class Recorder:
             self._waiters.remove(waiter)
 
     async def none_within(self, pred: Predicate, *, since: int, timeout: float) -> None:
-        """Assert that no matching event arrives within ``timeout`` (an absence, with a deadline)."""
+        """Assert that no matching event arrives within ``timeout`` (absence, with a deadline)."""
         with contextlib.suppress(TimeoutError):
             event = await self.wait(pred, since=since, timeout=timeout)
             raise AssertionError(f"unexpected event: {event!r}")

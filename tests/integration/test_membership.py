@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 

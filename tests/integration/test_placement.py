@@ -111,10 +111,10 @@ async def test_failover_walks_the_sequenced_list_then_halts(
     cluster, rec, bucket, placements = await start_placement(services, client, subjects, replicas)
 
     first = await expect_decision(rec, bucket, "n1", None, 1)
-    assert first.reason == "preferred node up"
+    assert "preferred" in first.reason
     await cluster.set_node("n1", "lost")
     second = await expect_decision(rec, bucket, "n2", "n1", 2)
-    assert second.reason == "node n1 lost"
+    assert "n1 lost" in second.reason
     await cluster.set_node("n2", "lost")
     await expect_decision(rec, bucket, "n3", "n2", 3)
     await cluster.set_node("n3", "lost")
@@ -160,14 +160,14 @@ async def test_a_missing_preferred_node_gets_time_to_join(
     decided = await expect_decision(rec, bucket, "n2", None, 1)
     # Not before the cluster settled: 3 leases after placement started (then the next resync).
     assert time.monotonic() - started >= 3 * LEASE
-    assert decided.reason == "preferred node down, first live node in the list"
+    assert decided.reason.startswith("preferred node")
 
 
 async def test_a_group_moved_off_its_list_is_placed_again_only_once_its_address_is_released(
     client: Client, services: Services, subjects: Subjects
 ) -> None:
     s = subjects
-    cluster, rec, bucket, (p,) = await start_placement(services, client, s)
+    _, rec, bucket, (p,) = await start_placement(services, client, s)
     await expect_decision(rec, bucket, "n1", None, 1)
 
     # The address service on n1 holds web1's address (bucket and event, as it would).
@@ -184,7 +184,7 @@ async def test_a_group_moved_off_its_list_is_placed_again_only_once_its_address_
     cli = await services.bus("cli", "test2")
     await store(cli, make_spec(NODES, [group("web1", address, "n2", ["n3"])]))
     released = await expect_decision(rec, bucket, None, "n1", 2)
-    assert released.reason == "node n1 is no longer in the group's list"
+    assert "no longer in the group's list" in released.reason
     # ... and place it again only once n1 no longer holds the address.
     await rec.none_within(of(PlacementDecided), since=rec.after(released), timeout=RESYNC + 0.2)
     await observed.put(
@@ -193,7 +193,7 @@ async def test_a_group_moved_off_its_list_is_placed_again_only_once_its_address_
     gone = AddressReleased(**stamp, seq=2, group="web1", node="n1", address=address, epoch=2)
     await client.publish(s.address("n1", "web1", "released"), msgspec.json.encode(gone))
     placed = await expect_decision(rec, bucket, "n2", None, 3)
-    assert placed.reason == "preferred node up"
+    assert "preferred" in placed.reason
 
 
 async def test_a_group_removed_from_the_file_is_released(
@@ -204,7 +204,7 @@ async def test_a_group_removed_from_the_file_is_released(
     cli = await services.bus("cli", "test2")
     await store(cli, make_spec(NODES, [group("web2", "10.213.77.2/24", "n2", [])]))
     web1 = await rec.wait(of(PlacementDecided, group="web1", epoch=2))
-    assert (web1.node, web1.reason) == (None, "group removed from the cluster file")
+    assert web1.node is None and "removed" in web1.reason
     await rec.wait(of(PlacementDecided, group="web2", node="n2", epoch=1))
 
 
