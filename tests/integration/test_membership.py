@@ -17,6 +17,8 @@ from services.membership.service import Membership
 
 from .conftest import DEADLINE, Hearts, Services, make_spec, of, record
 
+__all__ = ["LEASE", "Hearts", "ProbedMembership", "start_membership"]
+
 LEASE = 0.25  # the specs below: heartbeat 50ms, lease 250ms
 
 
@@ -161,3 +163,30 @@ async def test_a_node_dropped_from_the_file_and_readded_while_dead_is_lost(
     n2 = await get_record(await kv(cli, s.bucket_nodes), "n2", NodeRecord)
     assert n2 is not None and n2.state == "up"
     await rec.wait(of(NodeLost, node="n2"), timeout=4 * LEASE)
+
+
+async def test_a_restarted_replica_gives_recorded_nodes_a_lease_and_loses_the_silent_one(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    s = subjects
+    rec = await record(client, s.all_node_events)
+    (m1,), hearts = await start_membership(services, client, s)
+    await rec.wait(of(NodeJoined, node="n1"))
+    await rec.wait(of(NodeJoined, node="n2"))
+
+    # The only replica goes away; while it is gone, n1 dies.
+    task = next(t for t in services.tasks if t.get_name() == "membership-m1")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await m1.bus.close()
+    hearts.beating.discard("n1")
+
+    # A new replica starts from the nodes bucket (both recorded up) and loses n1 after a lease.
+    mark = rec.mark()
+    m2 = ProbedMembership(await services.bus("membership", "m2"))
+    services.spawn(m2.run(), "membership-m2")
+    lost = await rec.wait(of(NodeLost, node="n1"), since=mark)
+    assert lost.source == m2.bus.source and lost.silent_for >= LEASE
+    # n2, which kept beating, is neither lost nor announced again.
+    await rec.none_within(of(NodeJoined), since=mark, timeout=2 * LEASE)
+    assert rec.matching(of(NodeLost, node="n2")) == []

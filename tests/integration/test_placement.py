@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 import pytest
@@ -19,6 +20,7 @@ from nats.js.kv import KeyValue
 from schemas.events import (
     AddressAcquired,
     AddressReleased,
+    Event,
     NodeJoined,
     NodeLost,
     PlacementDecided,
@@ -50,7 +52,8 @@ class Cluster:
 
     async def announce(self, node: str, state: NodeState) -> None:
         self._seq += 1
-        stamp = {"source": "membership@test", "seq": self._seq, "ts": now()}
+        stamp: dict[str, Any] = {"source": "membership@test", "seq": self._seq, "ts": now()}
+        data: Event
         if state == "up":
             subject, data = self.s.node_joined(node), NodeJoined(**stamp, node=node)
         else:
@@ -130,7 +133,8 @@ async def test_failover_walks_the_sequenced_list_then_halts(
 
     # Every epoch was decided (and published) exactly once, even with two replicas racing.
     await rec.none_within(of(PlacementDecided), since=rec.after(last), timeout=0.3)
-    epochs = Counter(e.epoch for e in rec.matching(of(PlacementDecided)))
+    decided = rec.matching(of(PlacementDecided))
+    epochs = Counter(e.epoch for e in decided if isinstance(e, PlacementDecided))
     assert epochs == Counter({1: 1, 2: 1, 3: 1, 4: 1, 5: 1})
     assert {e.source for _, e in rec.events} <= {p.bus.source for p in placements}
 
@@ -175,7 +179,7 @@ async def test_a_group_moved_off_its_list_is_placed_again_only_once_its_address_
     held = AddressStatus("web1", "n1", address, True, 1)
     observed = await kv(p.bus, s.bucket_observed)
     await observed.put(address_key("n1", "web1"), encode(held))
-    stamp = {"source": "address@n1", "ts": now()}
+    stamp: dict[str, Any] = {"source": "address@n1", "ts": now()}
     acquired = AddressAcquired(**stamp, seq=1, group="web1", node="n1", address=address, epoch=1)
     await client.publish(s.address("n1", "web1", "acquired"), msgspec.json.encode(acquired))
     await asyncio.wait_for(p.address_seen.wait(), DEADLINE)
