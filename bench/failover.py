@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ from services.lab.netns import LabError
 from services.lab.specs import generated
 
 from .events import Recorder, ts
+from .netfault import vigil_node_loss
 from .procstat import Usage, Window
 
 GROUP = "web1"
@@ -118,7 +120,7 @@ class LabBench:
         self.target = f"{vip(self.spec, GROUP)}:8080"
 
     async def __aenter__(self) -> LabBench:
-        await asyncio.to_thread(self.lab.down)  # a lab of ours left behind by a crashed bench
+        await asyncio.to_thread(fresh, self.lab)
         started = time.monotonic()
         self.state: LabState = await asyncio.to_thread(self.lab.up, self.spec)
         self.up_s = time.monotonic() - started
@@ -176,8 +178,7 @@ class LabBench:
             assert sb is not None
             victim = sb[0]
             await asyncio.sleep(0.3)  # a steady baseline of answers before the fault
-            t0 = time.time()
-            await asyncio.to_thread(self.lab.kill, victim)
+            t0, _ = await asyncio.to_thread(vigil_node_loss, self.lab.prefix, victim)
             run = NodeLossRun(victim, t0, time.time() - t0)
             try:
                 after = await probe.until(
@@ -270,6 +271,14 @@ class LabBench:
         # The next crash must be a first failure again: outside the restart window.
         await asyncio.sleep(max(0.0, t0 + RESTART_WINDOW + 0.3 - time.time()))
         return run
+
+
+def fresh(lab: Lab) -> None:
+    """Remove a lab of ours left behind, *and its directory*: ``Lab.down`` keeps the JetStream
+    store in ``<lab dir>/nats``, so a new lab with the same prefix would start from the old
+    placements (see docs/benchmarks.md, findings)."""
+    lab.down()
+    shutil.rmtree(lab.dir, ignore_errors=True)
 
 
 async def status_wait(bus: Bus, ok: Callable[[status_mod.StatusView], bool], timeout: float) -> None:

@@ -48,6 +48,7 @@ class PlacementDecided(Event, frozen=True, kw_only=True, tag="placement_decided"
     previous: str | None
     epoch: int
     reason: str
+    moving_to: str | None = None  # a switchover: released here, going there next
 
 
 class AddressAcquired(Event, frozen=True, kw_only=True, tag="address_acquired"):
@@ -113,6 +114,15 @@ class MonitorsStopped(Event, frozen=True, kw_only=True, tag="monitors_stopped"):
     epoch: int
 
 
+class IntentChanged(Event, frozen=True, kw_only=True, tag="intent_changed"):
+    """An operator asked for something: ``admin`` run / halted / offline, or a switchover."""
+
+    group: str
+    admin: str
+    switchover_to: str | None = None
+    user: str = ""
+
+
 class ServiceUp(Event, frozen=True, kw_only=True, tag="service_up"):
     """The group serves on ``node`` (Oracle FAN's UP)."""
 
@@ -146,6 +156,7 @@ AnyEvent = (
     | AppStopFailed
     | MonitorsStarted
     | MonitorsStopped
+    | IntentChanged
     | ServiceUp
     | ServiceDown
 )
@@ -164,6 +175,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     AppStopFailed,
     MonitorsStarted,
     MonitorsStopped,
+    IntentChanged,
     ServiceUp,
     ServiceDown,
 )

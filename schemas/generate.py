@@ -23,7 +23,8 @@ def render() -> dict[str, str]:
         "events.schema.json": msgspec.json.schema(events.AnyEvent),
     }
     _, components = msgspec.json.schema_components(
-        (records.NodeRecord, records.Placement, records.AddressStatus, records.AppStatus)
+        (records.NodeRecord, records.Placement, records.AddressStatus, records.AppStatus,
+         records.Intent)
     )
     docs["records.schema.json"] = {"$defs": components}
     return {name: json.dumps(doc, indent=2, sort_keys=True) + "\n" for name, doc in docs.items()}

@@ -34,6 +34,23 @@ class Placement(msgspec.Struct, frozen=True):
     banned: dict[str, float] = msgspec.field(default_factory=dict)
     # a node where the app's stop failed: the group starts nowhere until that is resolved
     blocked_by: str | None = None
+    # a planned move in progress: released here, to be placed on this node next
+    moving_to: str | None = None
+    # the last operator switchover request (Intent.switchover_id) this placement has applied
+    switchover_id: int = 0
+
+
+Admin = Literal["run", "halted", "offline"]
+
+
+class Intent(msgspec.Struct, frozen=True):
+    """Bucket ``intents``, key = group name. Written by the operator's CLI, read by placement
+    and supervisors: what the operator wants, kept until changed."""
+
+    group: str
+    admin: Admin = "run"  # halted: nowhere; offline: address up, app down
+    switchover_to: str | None = None
+    switchover_id: int = 0  # grows by one per `vigil switchover`
 
 
 class AddressStatus(msgspec.Struct, frozen=True):

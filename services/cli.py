@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 
 from schemas.cluster import ClusterSpec
+from schemas.records import Admin
 
 from .core import config as config_mod
 from .core.bus import Bus, nats_urls
@@ -185,6 +186,34 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_intent(args: argparse.Namespace) -> int:
+    """halt / run / switchover: an operator's intent, stored and announced on the bus."""
+    from . import operator
+
+    async def go() -> str:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            if args.command == "switchover":
+                old, new = await operator.switchover(bus, args.group, args.to)
+                return f"{args.group}: switchover from {old} to {new} requested"
+            if args.command == "halt":
+                admin: Admin = "offline" if args.keep_address else "halted"
+                await operator.set_admin(bus, args.group, admin)
+                return f"{args.group}: {admin} requested"
+            await operator.set_admin(bus, args.group, "run")
+            return f"{args.group}: run requested"
+        finally:
+            await bus.close()
+
+    try:
+        print(asyncio.run(go()))
+    except operator.IntentError as exc:
+        return fail(str(exc))
+    except Exception as exc:
+        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from .up import up
 
@@ -285,6 +314,22 @@ def parser() -> argparse.ArgumentParser:
     s = with_nats(sub.add_parser("status", help="nodes and groups, as the bus sees them"))
     s.add_argument("-o", "--output", choices=["table", "json"], default="table")
     s.set_defaults(func=cmd_status, prefix="vlab")
+
+    sw = with_nats(sub.add_parser("switchover", help="planned move of a group to another node"))
+    sw.add_argument("group")
+    sw.add_argument("--to", help="target node (default: the next live node in its list)")
+    sw.set_defaults(func=cmd_intent, prefix="vlab")
+    ht = with_nats(sub.add_parser("halt", help="stop a group (halt method); it stays halted"))
+    ht.add_argument("group")
+    ht.add_argument(
+        "--keep-address",
+        action="store_true",
+        help="keep its address up (offline: clients are refused at once)",
+    )
+    ht.set_defaults(func=cmd_intent, prefix="vlab")
+    rn = with_nats(sub.add_parser("run", help="run a halted or offline group again"))
+    rn.add_argument("group")
+    rn.set_defaults(func=cmd_intent, prefix="vlab")
 
     lg = with_nats(sub.add_parser("logs", help="the tail of a group's application log"))
     lg.add_argument("group")

@@ -40,14 +40,19 @@ def plan(
     actual: Set[IPv4Interface],
     held_epoch: Mapping[str, int],
     app_running: Set[str],
+    moving: Set[str] = frozenset(),
 ) -> list[Action]:
     """``managed`` maps every group address of the cluster to its group; addresses outside it
-    are not ours and are never touched."""
+    are not ours and are never touched. A group in ``moving`` (a planned switchover) releases
+    its address at once, its app's halt running in parallel, off the clients' critical path:
+    the new node starts the app only once this one reports it stopped."""
     actions: list[Action] = []
     for address in sorted(actual & managed.keys()):
         group = managed[address]
         want = desired.get(group)
-        if (want is None or want.address != address) and group not in app_running:
+        if (want is None or want.address != address) and (
+            group not in app_running or group in moving
+        ):
             actions.append(Release(group, address))
     for group, want in sorted(desired.items()):
         if want.address not in actual or held_epoch.get(group) != want.epoch:

@@ -84,9 +84,12 @@ class AddressService:
         self.placements = KVCache(self.placement_bucket, Placement, on_change=mark)
         self.apps = KVCache(observed, AppStatus, keys=f"app.{self.node}.>", on_change=mark)
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
-        await self.bus.subscribe(
-            s.all_app_events(self.node), (AppStopped, AppFailed, AppStopFailed), self.on_app
-        )
+        for what in ("stopped", "failed", "stop_failed"):
+            await self.bus.subscribe(
+                s.all_app_events(self.node, what),
+                (AppStopped, AppFailed, AppStopFailed),
+                self.on_app,
+            )
         await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
         log.info("address service for node %s on %s", self.node, ifname)
         try:
@@ -120,7 +123,8 @@ class AddressService:
                     self.bus.subjects.heartbeat(self.node),
                     encode(Heartbeat(**self.bus.stamp(), node=self.node)),
                 )
-                await asyncio.wait_for(self.bus.nc.flush(), max(heartbeat, 0.05))
+                if not await self.bus.round_trip(max(heartbeat, 0.05)):
+                    raise TimeoutError(f"no answer from the server within {heartbeat:g}s")
                 # The lease counts from when the heartbeat left, not from now: a slow flush or
                 # a slow nft must shorten the fence, never stretch it (docs/safety.md).
                 expiry = started + ttl
@@ -169,7 +173,9 @@ class AddressService:
         current = self.placements.get(event.group)
         if current is not None and current.epoch >= event.epoch:
             return  # stale or duplicate decision
-        placement = Placement(event.group, event.node, event.epoch, event.reason)
+        placement = Placement(
+            event.group, event.node, event.epoch, event.reason, moving_to=event.moving_to
+        )
         self.placements.note(event.group, self.placements.revision(event.group) or 0, placement)
         self.dirty.set()
 
@@ -218,7 +224,8 @@ class AddressService:
         for group in list(self.held):
             if not any(managed.get(a) == group for a in actual):
                 del self.held[group]
-        for action in plan(desired, managed, actual, self.held, running):
+        moving = {p.group for p in self.placements.values().values() if p.moving_to is not None}
+        for action in plan(desired, managed, actual, self.held, running, moving):
             if isinstance(action, Release):
                 await self.release(action)
             else:

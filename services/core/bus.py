@@ -57,6 +57,7 @@ class Bus:
         self.source = source
         self.dropped: Counter[str] = Counter()
         self._seq = itertools.count(1)
+        self._ping: asyncio.Future[None] | None = None
 
     @classmethod
     async def connect(
@@ -86,6 +87,21 @@ class Bus:
             max_outstanding_pings=3,
         )
         return cls(nc, subjects, source)
+
+    async def round_trip(self, within: float) -> bool:
+        """True when the server answered a PING within ``within`` seconds: everything we
+        published before has reached it.
+
+        The PING is never cancelled: nats-py leaves a cancelled flush's future in its queue and
+        its reader then fails on the late PONG. A slow PING is left to finish, and no second one
+        is sent while it is out.
+        """
+        if self._ping is None or self._ping.done():
+            if self._ping is not None and not self._ping.cancelled():
+                self._ping.exception()  # consume it: a failed PING is simply "no"
+            self._ping = asyncio.ensure_future(self.nc.flush(timeout=60))
+        done, _ = await asyncio.wait({self._ping}, timeout=within)
+        return bool(done) and not self._ping.cancelled() and self._ping.exception() is None
 
     def stamp(self) -> dict[str, Any]:
         """The envelope fields of the next event from this source."""

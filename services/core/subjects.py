@@ -61,8 +61,8 @@ class Subjects:
     def app(self, node: str, group: str, what: str) -> str:
         return f"{self.root}.app.{node}.{group}.{what}"
 
-    def all_app_events(self, node: str = "*") -> str:
-        return f"{self.root}.app.{node}.*.*"
+    def all_app_events(self, node: str = "*", what: str = "*") -> str:
+        return f"{self.root}.app.{node}.*.{what}"
 
     def service(self, group: str, what: str) -> str:
         return f"{self.root}.service.{group}.{what}"
@@ -91,6 +91,17 @@ class Subjects:
     @property
     def bucket_observed(self) -> str:
         return f"{self.root}_observed"
+
+    @property
+    def bucket_intents(self) -> str:
+        return f"{self.root}_intents"
+
+    def intent(self, group: str) -> str:
+        return f"{self.root}.intent.{group}"
+
+    @property
+    def all_intents(self) -> str:
+        return f"{self.root}.intent.*"
 
 
 CONFIG_KEY = "cluster"

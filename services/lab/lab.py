@@ -147,6 +147,8 @@ class Lab:
         ):
             raise LabError(f"lab {self.prefix!r} is already up; run 'vigil lab down' first")
         nodes = [n.name for n in spec.nodes]
+        if self.dir.exists():
+            shutil.rmtree(self.dir)  # a lab starts fresh: no bus state or logs of an older one
         state = LabState(self.prefix, nodes, embedded.free_port())
         state.save()
         try:

@@ -103,9 +103,7 @@ class Membership:
         """Before calling a node lost, make sure no heartbeat of it is still queued here: a
         round trip to the server, then let our subscription work through its backlog. A
         membership that was itself stalled must not mistake its own delay for a node's death."""
-        try:
-            await asyncio.wait_for(self.bus.nc.flush(), 0.5)
-        except Exception:
+        if not await self.bus.round_trip(0.5):
             return  # no bus: nothing queued we could read anyway
         for _ in range(100):
             if self.heartbeats is None or self.heartbeats.pending_msgs == 0:

@@ -12,17 +12,21 @@ sequenced list ``[preferred] + possible``:
   no live node still holds its address, so an address is never up on two live nodes;
 - unplaced: its preferred node if eligible, else (once the cluster has settled, so that nodes
   still booting get their chance) the first eligible node of the list.
+
+Operator intents: ``halted`` releases the group and keeps it nowhere; a switchover releases it
+from its node (``moving_to`` the target) and places it on the target once released.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
 import msgspec
 
 from schemas.cluster import ClusterSpec, Group
-from schemas.records import Placement
+from schemas.records import Intent, Placement
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Snapshot:
     held_by: Mapping[str, Set[str]]  # group -> live nodes still holding its address
     settled: bool = True
     now: float = 0.0  # unix time, for bans
+    intents: Mapping[str, Intent] = dataclasses.field(default_factory=dict)
 
 
 def next_node(sequence: list[str], after: str | None, ok: Callable[[str], bool]) -> str | None:
@@ -50,8 +55,23 @@ def next_live(sequence: list[str], after: str | None, up: Set[str]) -> str | Non
     return next_node(sequence, after, lambda n: n in up)
 
 
-def decide_group(group: Group, snap: Snapshot) -> tuple[str | None, str] | None:
-    """The group's new node and the reason, or None to leave it as it is."""
+@dataclass(frozen=True)
+class Change:
+    node: str | None
+    reason: str
+    moving_to: str | None = None
+    switchover_id: int | None = None  # set when this change applies an operator's switchover
+
+
+def decide_group(group: Group, snap: Snapshot) -> Change | None:
+    """The group's new placement, or None to leave it as it is."""
+    old = _decide_group(group, snap)
+    if old is None or isinstance(old, Change):
+        return old
+    return Change(*old)
+
+
+def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, str] | None:
     cur = snap.current.get(group.name)
     node = cur.node if cur else None
     banned = cur.banned if cur else {}
@@ -60,12 +80,29 @@ def decide_group(group: Group, snap: Snapshot) -> tuple[str | None, str] | None:
     def eligible(n: str) -> bool:
         return n in snap.up and n in sequence and banned.get(n, 0.0) <= snap.now
 
+    intent = snap.intents.get(group.name, Intent(group.name))
     if cur is not None and cur.blocked_by in snap.up:
         if node is not None:
             return None, f"stop failed on {cur.blocked_by}"
         return None
+    if intent.admin == "halted":
+        return (None, "halted by the operator") if node is not None else None
     if node is not None:
         if eligible(node):
+            switch = intent.switchover_to
+            if cur is not None and intent.switchover_id > cur.switchover_id:
+                if switch is not None and switch != node and eligible(switch):
+                    return Change(
+                        None,
+                        f"switchover from {node} to {switch}",
+                        moving_to=switch,
+                        switchover_id=intent.switchover_id,
+                    )
+                return Change(
+                    node,
+                    f"switchover to {switch} refused: not eligible",
+                    switchover_id=intent.switchover_id,
+                )
             return None
         if node in snap.up:
             why = (
@@ -77,6 +114,8 @@ def decide_group(group: Group, snap: Snapshot) -> tuple[str | None, str] | None:
         return next_node(sequence, node, eligible), f"node {node} lost"
     if snap.held_by.get(group.name):
         return None  # released but still held by a live node: wait for its release
+    if cur is not None and cur.moving_to is not None and eligible(cur.moving_to):
+        return cur.moving_to, "switchover"
     if eligible(group.preferred):
         return group.preferred, "preferred node up"
     if not snap.settled and cur is None:
@@ -94,14 +133,26 @@ def decide(snap: Snapshot) -> list[Placement]:
         change = decide_group(group, snap)
         if change is None:
             continue
-        node, reason = change
         cur = snap.current.get(group.name)
-        if cur is not None and cur.node == node:
-            continue
         if cur is None:
-            out.append(Placement(group.name, node, 1, reason))
-        else:
-            out.append(msgspec.structs.replace(cur, node=node, epoch=cur.epoch + 1, reason=reason))
+            out.append(
+                Placement(group.name, change.node, 1, change.reason, moving_to=change.moving_to)
+            )
+            continue
+        if cur.node == change.node and change.switchover_id is None:
+            continue
+        out.append(
+            msgspec.structs.replace(
+                cur,
+                node=change.node,
+                epoch=cur.epoch + 1,
+                reason=change.reason,
+                moving_to=change.moving_to,
+                switchover_id=(
+                    change.switchover_id if change.switchover_id is not None else cur.switchover_id
+                ),
+            )
+        )
     names = {g.name for g in snap.spec.groups}
     for name, cur in sorted(snap.current.items()):
         if name not in names and cur.node is not None:

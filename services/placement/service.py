@@ -21,7 +21,7 @@ from schemas.events import (
     NodeLost,
     PlacementDecided,
 )
-from schemas.records import AddressStatus, NodeRecord, NodeState, Placement
+from schemas.records import AddressStatus, Intent, NodeRecord, NodeState, Placement
 
 from ..core.bus import Bus, encode, ensure_stream, get_record, kv
 from ..core.clusterconfig import ConfigSource
@@ -56,15 +56,18 @@ class PlacementService:
         await self.bus.subscribe(
             s.all_address_events(), (AddressAcquired, AddressReleased), self.on_address
         )
+        self.intents = KVCache(await kv(self.bus, s.bucket_intents), Intent, on_change=mark)
         await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
-        await self.bus.subscribe(
-            s.all_app_events(), (AppFailed, AppStopFailed, AppStopped), self.on_app
-        )
+        for what in ("stopped", "failed", "stop_failed"):
+            await self.bus.subscribe(
+                s.all_app_events("*", what), (AppFailed, AppStopFailed, AppStopped), self.on_app
+            )
         async with asyncio.TaskGroup() as tg:
             for name, cache in (
                 ("nodes", self.nodes),
                 ("placement", self.placements),
                 ("addresses", self.addresses),
+                ("intents", self.intents),
             ):
                 tg.create_task(cache.run(), name=f"watch-{name}")
             tg.create_task(every(RESYNC, self.tick), name="resync")
@@ -153,7 +156,7 @@ class PlacementService:
 
     # -- the reconcile: one at a time ---------------------------------------------------------
     async def reconcile_loop(self) -> None:
-        for cache in (self.nodes, self.placements, self.addresses):
+        for cache in (self.nodes, self.placements, self.addresses, self.intents):
             await cache.ready.wait()
         while True:
             await self.dirty.wait()
@@ -183,6 +186,7 @@ class PlacementService:
             held_by=held,
             settled=time.monotonic() - self.started >= settle or up >= {n.name for n in spec.nodes},
             now=time.time(),
+            intents=self.intents.values(),
         )
 
     async def reconcile(self) -> None:
@@ -217,5 +221,6 @@ class PlacementService:
                 previous=previous.node if previous else None,
                 epoch=decision.epoch,
                 reason=decision.reason,
+                moving_to=decision.moving_to,
             ),
         )

@@ -24,7 +24,7 @@ from schemas.events import (
     ServiceDown,
     ServiceUp,
 )
-from schemas.records import AddressStatus, AppStatus, Placement
+from schemas.records import AddressStatus, AppStatus, Intent, NodeRecord, Placement
 
 from ..core.bus import Bus, encode, kv
 from ..core.clusterconfig import ConfigSource
@@ -62,6 +62,9 @@ class Supervisor:
         self.addresses = KVCache(
             self.observed, AddressStatus, keys=f"address.{self.node}.>", on_change=mark
         )
+        self.apps = KVCache(self.observed, AppStatus, keys="app.>", on_change=mark)
+        self.nodes = KVCache(await kv(self.bus, s.bucket_nodes), NodeRecord, on_change=mark)
+        self.intents = KVCache(await kv(self.bus, s.bucket_intents), Intent, on_change=mark)
         await self.config.refresh()
         await self.forget_previous_life()
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
@@ -76,6 +79,9 @@ class Supervisor:
                 self.tg = tg
                 tg.create_task(self.placements.run(), name="watch-placement")
                 tg.create_task(self.addresses.run(), name="watch-addresses")
+                tg.create_task(self.apps.run(), name="watch-apps")
+                tg.create_task(self.nodes.run(), name="watch-nodes")
+                tg.create_task(self.intents.run(), name="watch-intents")
                 tg.create_task(every(1.0, self.tick), name="resync")
                 tg.create_task(self.reconcile_loop(), name="reconcile")
         finally:
@@ -93,7 +99,9 @@ class Supervisor:
         current = self.placements.get(event.group)
         if current is not None and current.epoch >= event.epoch:
             return
-        placement = Placement(event.group, event.node, event.epoch, event.reason)
+        placement = Placement(
+            event.group, event.node, event.epoch, event.reason, moving_to=event.moving_to
+        )
         self.placements.note(event.group, self.placements.revision(event.group) or 0, placement)
         self.dirty.set()
 
@@ -132,8 +140,8 @@ class Supervisor:
 
     # -- reconcile -----------------------------------------------------------------------------
     async def reconcile_loop(self) -> None:
-        await self.placements.ready.wait()
-        await self.addresses.ready.wait()
+        for cache in (self.placements, self.addresses, self.apps, self.nodes, self.intents):
+            await cache.ready.wait()
         while True:
             await self.dirty.wait()
             self.dirty.clear()
@@ -145,7 +153,8 @@ class Supervisor:
                 log.exception("reconcile failed; retrying on the next tick")
 
     def wanted(self) -> dict[str, int]:
-        """Groups whose app should run here, with their epoch: placed here and address held."""
+        """Groups whose app should run here, with their epoch: placed here, address held at that
+        epoch, not set offline by the operator, and not running on any other live node."""
         spec = self.config.spec
         if spec is None:
             return {}
@@ -153,15 +162,29 @@ class Supervisor:
         for group in spec.groups:
             placement = self.placements.get(group.name)
             address = self.addresses.get(address_key(self.node, group.name))
+            intent = self.intents.get(group.name)
             if (
                 placement is not None
                 and placement.node == self.node
                 and address is not None
                 and address.held
                 and address.epoch == placement.epoch
+                and (intent is None or intent.admin == "run")
+                and (group.name in self.runs or not self.running_elsewhere(group.name))
             ):
                 out[group.name] = placement.epoch
         return out
+
+    def running_elsewhere(self, group: str) -> str | None:
+        """A live node whose app of ``group`` has not confirmed its stop: never two at once. A
+        lost node's word no longer counts (its lease, and with it its address, has lapsed)."""
+        for status in self.apps.values().values():
+            if status.group != group or status.node == self.node:
+                continue
+            node = self.nodes.get(status.node)
+            if (status.running or status.stop_failed) and node is not None and node.state == "up":
+                return status.node
+        return None
 
     async def reconcile(self) -> None:
         wanted = self.wanted()

@@ -383,6 +383,7 @@ class NftMonitor:
     """``nft monitor new elements`` in a namespace: every element a node adds to its sets."""
 
     def __init__(self, ns: str, duration: float = 120.0) -> None:
+        self.ns = ns
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [
@@ -411,6 +412,26 @@ class NftMonitor:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line.strip())
+
+    def wait_listening(self, timeout: float = 5.0) -> None:
+        """Return once the monitor reports changes: poke a sentinel set of our own in the
+        namespace until the monitor shows it (it may not have subscribed yet)."""
+        nft = ["ip", "netns", "exec", self.ns, "nft"]
+        table = "inet ve2e_sentinel"
+        run(
+            [*nft, "-f", "-"], input=f"add table {table}\nadd set {table} s {{ type ipv4_addr; }}\n"
+        )
+        try:
+            element = "s { 10.213.0.1 }"
+            poke = f"add element {table} {element}\ndelete element {table} {element}\n"
+
+            def seen() -> bool:
+                run([*nft, "-f", "-"], input=poke)
+                return any("ve2e_sentinel" in ln for ln in list(self.lines))
+
+            wait_until(seen, timeout, "nft monitor to report changes", interval=0.05)
+        finally:
+            run([*nft, "delete", "table", *table.split()])
 
     def leases_of(self, vip: str) -> list[str]:
         return [ln for ln in list(self.lines) if " leased " in ln and f"{{ {vip} " in ln]
@@ -535,6 +556,7 @@ class LabRun:
     def nft_monitor(self, node: str) -> NftMonitor:
         monitor = NftMonitor(self.ns(node))
         self.observers.append(monitor)
+        monitor.wait_listening()
         return monitor
 
     def freeze(self, node: str) -> list[int]:

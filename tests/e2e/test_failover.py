@@ -49,15 +49,31 @@ def on(view: dict[str, Any], name: str, node: str, mode: str) -> bool:
     return bool(g["node"] == node and g["mode"] == mode)
 
 
-def watch_status_for(lab: LabRun, seconds: float, ok: Any, what: str) -> int:
-    """Sample ``vigil status`` for ``seconds`` and assert ``ok`` holds in every sample."""
-    samples = 0
+def up(view: dict[str, Any], *nodes: str) -> bool:
+    return all(node_state(view, n) == "up" for n in nodes)
+
+
+def lost(view: dict[str, Any], *nodes: str) -> bool:
+    return all(node_state(view, n) == "lost" for n in nodes)
+
+
+def watch_placement(lab: LabRun, seconds: float, name: str, node: str, epoch: int) -> None:
+    """Sample ``vigil status`` for ``seconds``: group ``name`` must stay on ``node`` at ``epoch``
+    (no new placement decision) in every sample.
+
+    A sample in which *no* group has a placement (every epoch 0) is a misread, not a decision
+    (every real decision has an epoch >= 1): ``vigil status`` sometimes reads a bucket as empty,
+    see test_lab_cli.py::test_status_never_misreads_a_steady_cluster. Such samples are skipped.
+    """
+    readable = 0
     end = time.monotonic() + seconds
-    while time.monotonic() < end or samples < 2:
+    while time.monotonic() < end or readable < 2:
         view = lab.status()
-        assert ok(view), f"{what} stopped holding: {view}"
-        samples += 1
-    return samples
+        if all(g["epoch"] == 0 for g in view["groups"]):
+            continue
+        g = group(view, name)
+        assert (g["node"], g["epoch"]) == (node, epoch), f"{name} moved: {view}"
+        readable += 1
 
 
 def app_pids(ns: str, needle: str = "services.lab.demo_app") -> list[int]:
@@ -85,9 +101,13 @@ class TestNodeLoss:
     def test_client_is_served_by_n1_through_the_vip(
         self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: Tools
     ) -> None:
-        view = lab.status()
-        assert [node_state(view, n) for n in NODES] == ["up", "up", "up"]
-        assert on(view, "web1", "n1", "normal") and on(view, "web2", "n2", "normal")
+        view = lab.wait_status(
+            lambda v: (
+                up(v, *NODES) and on(v, "web1", "n1", "normal") and on(v, "web2", "n2", "normal")
+            ),
+            SETTLE_DEADLINE,
+            "all nodes up, web1 on n1 and web2 on n2 (normal)",
+        )
         story["epoch"] = group(view, "web1")["epoch"]
 
         probe = lab.probe(f"{VIP1}:{PORT}")
@@ -128,11 +148,10 @@ class TestNodeLoss:
         self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: Tools
     ) -> None:
         view = lab.wait_status(
-            lambda v: node_state(v, "n1") == "lost" and on(v, "web1", "n2", "failover"),
+            lambda v: lost(v, "n1") and up(v, "n2", "n3") and on(v, "web1", "n2", "failover"),
             SETTLE_DEADLINE,
-            "n1 lost and web1 on n2 in failover mode",
+            "n1 lost, n2 and n3 up, web1 on n2 in failover mode",
         )
-        assert node_state(view, "n2") == "up" and node_state(view, "n3") == "up"
         assert group(view, "web1")["epoch"] > story["epoch"]
         assert on(view, "web2", "n2", "normal")
         story["epoch"] = group(view, "web1")["epoch"]
@@ -148,9 +167,7 @@ class TestNodeLoss:
         lab.lab.revive("n1")
         lab.prefix.note_pids()
 
-        lab.wait_status(
-            lambda v: node_state(v, "n1") == "up", SETTLE_DEADLINE, "the revived n1 to be up"
-        )
+        lab.wait_status(lambda v: up(v, *NODES), SETTLE_DEADLINE, "the revived n1 to be up")
         up_at = time.monotonic()
         tools.wait_until(
             lambda: VIP1 not in tools.addresses(lab.ns("n1")),
@@ -160,13 +177,9 @@ class TestNodeLoss:
         )
         # Manual failback: n1 being up again must not move web1. A placement would react to
         # node-up within milliseconds; watch a few of the services' 1 s resync periods.
-        watch_status_for(
-            lab,
-            max(0.0, up_at + 2.5 - time.monotonic()),
-            lambda v: (
-                on(v, "web1", "n2", "failover") and group(v, "web1")["epoch"] == story["epoch"]
-            ),
-            "web1 on n2 (failover, same epoch)",
+        watch_placement(lab, up_at + 2.5 - time.monotonic(), "web1", "n2", story["epoch"])
+        lab.wait_status(
+            lambda v: on(v, "web1", "n2", "failover"), SETTLE_DEADLINE, "web1 on n2 (failover)"
         )
         arp.stop()
         assert arp.by(n1_mac) == [], "the revived n1 answered ARP for web1's VIP"
@@ -191,16 +204,16 @@ class TestNodeLoss:
         assert tools.leased(lab.ns("n2")) == [], "n2's fence still leases an address"
         assert probe.servers(killed_at) in (["n3"], ["n2", "n3"])
 
-        view = lab.wait_status(
+        lab.wait_status(
             lambda v: (
-                node_state(v, "n2") == "lost"
+                lost(v, "n2")
+                and up(v, "n1", "n3")
                 and on(v, "web1", "n3", "failover")
                 and on(v, "web2", "n3", "failover")
             ),
             SETTLE_DEADLINE,
             "n2 lost, web1 and web2 on n3 in failover mode",
         )
-        assert node_state(view, "n1") == "up" and node_state(view, "n3") == "up"
         assert lab.holders(VIP2, ["n1", "n3"]) == ["n3"]
         body = tools.wait_until(
             lambda: tools.http_get(lab.ns("client"), VIP2, PORT),
@@ -225,7 +238,12 @@ class TestFrozenAgent:
         tools.wait_until(lambda: probe.served_by("n1", started), 10.0, "the client served by n1")
         # the ARP watch does see n1's kernel answering (positive control)
         tools.wait_until(lambda: arp.by(macs["n1"]), 5.0, "n1 to answer ARP for the VIP")
-        story["epoch"] = group(lab.status(), "web1")["epoch"]
+        view = lab.wait_status(
+            lambda v: up(v, *NODES) and on(v, "web1", "n1", "normal"),
+            SETTLE_DEADLINE,
+            "all nodes up, web1 on n1 (normal)",
+        )
+        story["epoch"] = group(view, "web1")["epoch"]
 
         frozen_at, frozen_mono = time.time(), time.monotonic()
         story["frozen"] = lab.freeze("n1")
@@ -255,9 +273,9 @@ class TestFrozenAgent:
             since=story["frozen_mono"],
         )
         view = lab.wait_status(
-            lambda v: node_state(v, "n1") == "lost" and on(v, "web1", "n2", "failover"),
+            lambda v: lost(v, "n1") and up(v, "n2", "n3") and on(v, "web1", "n2", "failover"),
             SETTLE_DEADLINE,
-            "n1 lost and web1 on n2 in failover mode",
+            "n1 lost, n2 and n3 up, web1 on n2 in failover mode",
         )
         assert group(view, "web1")["epoch"] > story["epoch"]
         story["epoch"] = group(view, "web1")["epoch"]
@@ -287,28 +305,13 @@ class TestFrozenAgent:
         self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: Tools
     ) -> None:
         monitor = lab.nft_monitor("n1")
-        # a sentinel element proves the monitor is listening before we thaw
-        sentinel = (
-            "add table inet ve2e_sentinel\n"
-            "add set inet ve2e_sentinel s { type ipv4_addr; }\n"
-            "add element inet ve2e_sentinel s { 10.213.0.1 }\n"
-        )
-        tools.run(["ip", "netns", "exec", lab.ns("n1"), "nft", "-f", "-"], input=sentinel)
-        tools.wait_until(
-            lambda: any("ve2e_sentinel" in ln for ln in monitor.lines), 5.0, "nft monitor"
-        )
-        tools.run(
-            ["ip", "netns", "exec", lab.ns("n1"), "nft", "delete", "table", "inet", "ve2e_sentinel"]
-        )
         story["monitor"] = monitor
 
         thawed_at, thawed_mono = time.time(), time.monotonic()
         story["thawed_at"], story["thawed_mono"] = thawed_at, thawed_mono
         lab.thaw("n1", story["frozen"])
 
-        lab.wait_status(
-            lambda v: node_state(v, "n1") == "up", SETTLE_DEADLINE, "the thawed n1 to be up"
-        )
+        lab.wait_status(lambda v: up(v, *NODES), SETTLE_DEADLINE, "the thawed n1 to be up")
         up_at = time.monotonic()
         tools.wait_until(
             lambda: VIP1 not in tools.addresses(lab.ns("n1")),
@@ -322,13 +325,9 @@ class TestFrozenAgent:
             "the thawed n1 to stop web1's app",
             since=thawed_mono,
         )
-        watch_status_for(
-            lab,
-            max(0.0, up_at + 2.5 - time.monotonic()),
-            lambda v: (
-                on(v, "web1", "n2", "failover") and group(v, "web1")["epoch"] == story["epoch"]
-            ),
-            "web1 on n2 (failover, same epoch)",
+        watch_placement(lab, up_at + 2.5 - time.monotonic(), "web1", "n2", story["epoch"])
+        lab.wait_status(
+            lambda v: on(v, "web1", "n2", "failover"), SETTLE_DEADLINE, "web1 on n2 (failover)"
         )
         assert lab.holders(VIP1, NODES) == ["n2"]
         assert tools.leased(lab.ns("n1")) == []
@@ -353,6 +352,14 @@ class TestFrozenAgent:
         releases = story["monitor"].leases_of(VIP1)
         claims = story["arp"].by(macs["n1"], since=story["thawed_mono"])
         served = story["probe"].served_by("n1", story["thawed_at"])
-        assert releases == [], f"the thawed n1 leased web1's VIP again: {releases}"
-        assert claims == [], f"the thawed n1 answered ARP for the VIP {len(claims)} times"
-        assert served is None, f"the thawed n1 served the client: {served}"
+        problems = []
+        if releases:
+            problems.append(f"n1 re-leased web1's VIP in its fence: {releases}")
+        if claims:
+            after = [round(c.t - story["thawed_mono"], 3) for c in claims]
+            problems.append(
+                f"n1 answered ARP for the VIP {len(claims)} times (s after thaw: {after})"
+            )
+        if served is not None:
+            problems.append(f"n1 served the client {served.t - story['thawed_at']:.3f}s after thaw")
+        assert not problems, "the thawed n1 answered for web1 again: " + "; ".join(problems)

@@ -17,8 +17,6 @@ from services.membership.service import Membership
 
 from .conftest import DEADLINE, Hearts, Services, make_spec, of, record
 
-__all__ = ["LEASE", "Hearts", "ProbedMembership", "start_membership"]
-
 LEASE = 0.25  # the specs below: heartbeat 50ms, lease 250ms
 
 

@@ -44,3 +44,9 @@ def test_stale_address_after_a_restart_is_released() -> None:
         Release("web1", A),
         Acquire("web2", B, 1),
     ]
+
+
+def test_a_switchover_releases_at_once_while_the_app_stops() -> None:
+    assert plan({}, MANAGED, {OWN, A}, {"web1": 3}, {"web1"}, moving={"web1"}) == [
+        Release("web1", A)
+    ]

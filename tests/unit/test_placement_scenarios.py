@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from schemas.records import Placement
+from schemas.records import Intent, Placement
 from services.core.config import load_data
 from services.placement.rules import Snapshot, decide
 
@@ -34,12 +34,15 @@ def snapshot(raw: dict[str, Any]) -> Snapshot:
                 c["epoch"],
                 banned=c.get("banned", {}),
                 blocked_by=c.get("blocked_by"),
+                moving_to=c.get("moving_to"),
+                switchover_id=c.get("switchover_id", 0),
             )
             for g, c in (raw.get("current") or {}).items()
         },
         held_by={g: set(nodes) for g, nodes in (raw.get("held_by") or {}).items()},
         settled=raw.get("settled", True),
         now=raw.get("now", 0.0),
+        intents={g: Intent(g, **i) for g, i in (raw.get("intents") or {}).items()},
     )
 
 
@@ -62,7 +65,8 @@ def test_decisions_reach_a_fixed_point() -> None:
         snap = snapshot(yaml.safe_load(path.read_text()))
         current = dict(snap.current)
         for _ in range(2):
-            for p in decide(Snapshot(snap.spec, snap.up, current, {}, snap.settled, snap.now)):
+            step = Snapshot(snap.spec, snap.up, current, {}, snap.settled, snap.now, snap.intents)
+            for p in decide(step):
                 current[p.group] = p
-        again = Snapshot(snap.spec, snap.up, current, {}, snap.settled, snap.now)
+        again = Snapshot(snap.spec, snap.up, current, {}, snap.settled, snap.now, snap.intents)
         assert decide(again) == [], path.name

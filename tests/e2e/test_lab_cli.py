@@ -1,0 +1,268 @@
+"""``vigil lab`` from the operator's side: the command line, run as a separate process.
+
+One lab (``vigil lab --prefix ve2e<random> up --nodes 2``) serves the steps of ``TestLabCli`` in
+order: ``exec`` and ``info`` on the live lab, then a simulated crash (every recorded process
+SIGKILLed, the state file deleted) that ``down`` must clean up, and ``down`` again (idempotent).
+The root check runs the CLI as user ``nobody``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats
+import pytest
+
+import services
+from services.core.bus import Bus
+from services.core.subjects import Subjects
+from services.lab.lab import LabState, lab_dir
+from services.lab.netns import namespaces, pids_in
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from conftest import Prefix, Tools
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+CLIENT_IP = "10.213.0.250"
+
+
+def lab_cli(tools: type[Tools], prefix: str, *args: str) -> Any:
+    return tools.run([tools.VIGIL, "lab", "--prefix", prefix, *args], timeout=90)
+
+
+@pytest.fixture(scope="class")
+def cli_lab(lab_prefix: Prefix, tools: type[Tools]) -> Iterator[Prefix]:
+    """A two-node lab brought up with the command line (torn down and checked by lab_prefix)."""
+    proc = lab_cli(tools, lab_prefix.name, "up", "--nodes", "2")
+    lab_prefix.note_pids()
+    assert proc.returncode == 0, f"vigil lab up failed: {proc.stderr.strip()}"
+    assert f"lab {lab_prefix.name} is up: 2 nodes" in proc.stdout
+    yield lab_prefix
+
+
+@pytest.mark.incremental
+class TestLabCli:
+    def test_exec_runs_in_the_client_namespace(
+        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+    ) -> None:
+        proc = lab_cli(tools, cli_lab.name, "exec", "client", "--", "ip", "-br", "addr")
+        assert proc.returncode == 0, proc.stderr
+        links = {
+            line.split()[0].split("@")[0]: line.split()[2:] for line in proc.stdout.splitlines()
+        }
+        assert set(links) == {"lo", "eth0"}, proc.stdout
+        assert f"{CLIENT_IP}/24" in links["eth0"]
+        v4 = [a for addrs in links.values() for a in addrs if "." in a]
+        assert sorted(v4) == sorted(["127.0.0.1/8", f"{CLIENT_IP}/24"]), proc.stdout
+
+        # and it is that namespace, not merely one that looks like it
+        proc = lab_cli(
+            tools,
+            cli_lab.name,
+            "exec",
+            "client",
+            "--",
+            "stat",
+            "-L",
+            "-c",
+            "%i",
+            "/proc/self/ns/net",
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert int(proc.stdout) == os.stat(f"/run/netns/{cli_lab.ns('client')}").st_ino
+
+        # a node's namespace, the exit code of the command, and an unknown name
+        proc = lab_cli(tools, cli_lab.name, "exec", "n1", "--", "ip", "-br", "addr", "show", "eth0")
+        assert proc.returncode == 0 and "10.213.0.11/24" in proc.stdout, proc
+        assert lab_cli(tools, cli_lab.name, "exec", "client", "--", "false").returncode == 1
+        proc = lab_cli(tools, cli_lab.name, "exec", "nosuch", "--", "true")
+        assert proc.returncode == 2 and "unknown node" in proc.stderr
+
+    async def test_info_json_gives_a_nats_url_the_host_can_use(
+        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+    ) -> None:
+        proc = lab_cli(tools, cli_lab.name, "info", "-o", "json")
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout)
+        assert info["prefix"] == cli_lab.name
+        assert info["nodes"] == ["n1", "n2"]
+        assert info["namespaces"] == [cli_lab.ns(w) for w in ("bus", "n1", "n2", "client")]
+        url = info["nats_url"]
+        assert url.startswith("nats://127.0.0.1:")
+
+        # a plain NATS client on the host: the server answers, with JetStream and Vigil's buckets
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            await nc.flush(timeout=5)
+            assert nc.is_connected and nc.connected_server_version.major >= 2
+            js = nc.jetstream()
+            account = await js.account_info()
+            assert account.streams >= 1
+            placement = await js.key_value(Subjects().bucket_placement)
+            entry = await placement.get("web1")
+            assert json.loads(entry.value)["node"] == "n1"
+            # and a round trip through the bus: what we publish comes back
+            sub = await nc.subscribe("ve2e.echo")
+            await nc.publish("ve2e.echo", b"ping")
+            msg = await sub.next_msg(timeout=5)
+            assert msg.data == b"ping"
+        finally:
+            await nc.close()
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason=(
+            "BUG: services/core/bus.py all_records() turns every exception of KeyValue.keys() "
+            "into 'empty bucket', and nats-py's keys() intermittently raises NoKeysError on a "
+            "non-empty bucket; status.read() then shows every node lost or every group halted "
+            "at epoch 0 on a healthy cluster"
+        ),
+    )
+    async def test_status_never_misreads_a_steady_cluster(
+        self, require_netns: None, cli_lab: Prefix
+    ) -> None:
+        """What ``vigil status`` prints (``status.read``), read back to back for up to 30 s on a
+        cluster where nothing happens: every read must show both nodes up and both groups
+        running on their preferred nodes."""
+        from services import status
+
+        state = LabState.load(cli_lab.name)
+        assert state is not None
+        bus = await Bus.connect([state.host_url], Subjects(), "cli", persistent=False)
+        try:
+
+            def steady(view: status.StatusView) -> bool:
+                return all(n.state == "up" for n in view.nodes) and all(
+                    g.node == g.preferred and g.mode == "normal" and g.epoch >= 1
+                    for g in view.groups
+                )
+
+            deadline = time.monotonic() + 10
+            while not steady(await status.read(bus)):  # let the lab settle first
+                assert time.monotonic() < deadline, "the lab never settled"
+                await asyncio.sleep(0.1)
+            reads, end = 0, time.monotonic() + 30
+            while time.monotonic() < end:
+                view = await status.read(bus)
+                reads += 1
+                assert steady(view), (
+                    f"read {reads} of a steady cluster: {msgspec.json.encode(view).decode()}"
+                )
+        finally:
+            await bus.close()
+
+    def test_down_cleans_up_after_a_crashed_lab(
+        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+    ) -> None:
+        state_file = lab_dir(cli_lab.name) / "lab.json"
+        state = LabState.load(cli_lab.name)
+        assert state is not None and state_file.exists()
+        recorded = [p.pid for p in state.procs]
+        cli_lab.note_pids()
+        before = set(cli_lab.namespaces())
+        assert len(before) == 4, before
+        # the crash: every recorded process dies at once, and the state file is gone
+        for pid in recorded:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        tools.wait_until(
+            lambda: not any(tools.alive(p) for p in recorded), 5.0, "the recorded processes to die"
+        )
+        state_file.unlink()
+        left = [pid for ns in before for pid in pids_in(ns)]
+        assert left, "the apps should have outlived their supervisors (they are the leftovers)"
+
+        proc = lab_cli(tools, cli_lab.name, "down")
+        assert proc.returncode == 0, proc.stderr
+        assert f"lab {cli_lab.name} is down (4 namespaces removed)" in proc.stdout
+        assert not [n for n in namespaces() if n.startswith(f"{cli_lab.name}-")]
+        assert not [p for p in left if tools.alive(p)], "down left processes of the lab alive"
+
+    def test_down_is_idempotent(
+        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+    ) -> None:
+        for _ in range(2):
+            proc = lab_cli(tools, cli_lab.name, "down")
+            assert proc.returncode == 0, proc.stderr
+            assert f"lab {cli_lab.name} is down (0 namespaces removed)" in proc.stdout
+        # and for a prefix that never had a lab
+        never = f"ve2e{secrets.token_hex(3)}"
+        proc = lab_cli(tools, never, "down")
+        assert proc.returncode == 0, proc.stderr
+        assert not [n for n in namespaces() if n.startswith(f"{never}-")]
+
+
+# -- without root ------------------------------------------------------------------------------------
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture(scope="module")
+def as_nobody(tools: type[Tools]) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and environment that run Vigil's CLI as user nobody: the ``vigil`` script
+    when nobody can run this environment's interpreter, else the same CLI module
+    (``python -m services.cli``) with a system interpreter of the same version (this venv's
+    interpreter may live under /root, which nobody cannot enter)."""
+    tools.netns_gate()  # runs before the tests' require_netns: same rule
+    root = str(Path(services.__file__).resolve().parent.parent)
+    site = sysconfig.get_paths()["purelib"]
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/nonexistent",
+        "LANG": "C.UTF-8",
+    }
+    if tools.run([*AS_NOBODY, tools.VIGIL, "--help"], env=env).returncode == 0:
+        return [*AS_NOBODY, tools.VIGIL], env
+    env["PYTHONPATH"] = f"{root}:{site}"
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        check = tools.run([*AS_NOBODY, python, "-c", "import services.cli, msgspec"], env=env)
+        if check.returncode == 0:
+            return [*AS_NOBODY, python, "-m", "services.cli"], env
+    pytest.fail(f"no {version} that user nobody can run Vigil's CLI with")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["up"],
+        ["up", "--nodes", "2"],
+        ["down"],
+        ["kill", "n1"],
+        ["revive", "n1"],
+        ["info", "-o", "json"],
+        ["exec", "client", "--", "ip", "-br", "addr"],
+        ["demo"],
+    ],
+    ids=lambda c: " ".join(c),
+)
+def test_lab_commands_without_root_exit_2_with_one_line(
+    require_netns: None,
+    as_nobody: tuple[list[str], dict[str, str]],
+    tools: type[Tools],
+    command: list[str],
+) -> None:
+    argv, env = as_nobody
+    prefix = f"ve2e{secrets.token_hex(3)}"
+    proc = tools.run([*argv, "lab", "--prefix", prefix, *command], env=env)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "root" in lines[0] and "CAP_NET_ADMIN" in lines[0], lines[0]
+    assert lines[0].startswith(f"vigil: lab {command[0]}: ")
+    assert proc.stdout == ""
+    assert not [n for n in namespaces() if n.startswith(f"{prefix}-")]
+    assert not lab_dir(prefix).exists()

@@ -1,0 +1,744 @@
+"""Application supervision end to end (issue 3): real servers, real clients, through the VIP.
+
+One lab of our own (prefix ``vsup<random>``, three nodes) runs four groups at once:
+
+| group    | app                                             | nodes      | monitors              |
+|----------|-------------------------------------------------|------------|-----------------------|
+| web      | nginx, config rendered by ``before_start``      | n1 -> n2   | http                  |
+| kv       | redis-server as user ``redis``                  | n2 -> n3   | tcp 6379, exec ping   |
+| stubborn | tests/e2e/apps/httpapp.py, ignores SIGTERM      | n3 -> n1   | http                  |
+| flaky    | tests/e2e/apps/httpapp.py                       | n1 -> n2   | exec (flag file), http|
+
+The steps of the story, in order (a failed step skips the rest):
+
+1. curl reaches nginx and redis-cli reaches redis through their VIPs from the client namespace;
+   redis really runs as user ``redis``.
+2. The events show each run method in order: address acquired -> app started -> monitors
+   started -> service up (same group, node and epoch).
+3. A halt (the operator moves ``stubborn`` off n3 by applying a new cluster file) runs the halt
+   method in the exact reverse order; the app ignores SIGTERM, so it is SIGKILLed (with its child)
+   after ``stop_timeout``; then the group runs on n1.
+4. SIGKILL nginx: restarted on the same node, served again.
+5. Keep killing it: after ``restart.max`` restarts it fails for good and moves to n2.
+6. A monitor failure (a flag file makes the exec monitor fail) restarts the app.
+7. ``vigil logs`` shows the app's output.
+8. A group removed from the cluster file is halted and its address released.
+
+Events are read from the lab's bus with nats-py: an ordered JetStream consumer on ``vigil.>``
+(the event stream), so the run methods of the first start, before the test connected, are seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+from nats.js.api import DeliverPolicy
+
+from schemas.cluster import ClusterSpec
+from schemas.events import (
+    AddressAcquired,
+    AddressReleased,
+    AnyEvent,
+    AppFailed,
+    AppStarted,
+    AppStopped,
+    AppStopFailed,
+    Event,
+    MonitorsStarted,
+    MonitorsStopped,
+    PlacementDecided,
+    ServiceDown,
+    ServiceUp,
+)
+from services.core.bus import Bus
+from services.core.clusterconfig import store
+from services.core.config import load_data
+from services.core.subjects import Subjects
+from services.lab.lab import Lab, LabState, lab_dir
+from services.lab.netns import namespaces, pids_in
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
+
+E = TypeVar("E", bound=Event)
+
+VIGIL = str(Path(sys.executable).parent / "vigil")
+APPS = Path(__file__).resolve().parent / "apps"
+HTTP_APP = APPS / "httpapp.py"
+NGINX_TEMPLATE = APPS / "nginx.conf.in"
+
+NODES = ["n1", "n2", "n3"]
+WEB_VIP, KV_VIP, STUBBORN_VIP, FLAKY_VIP = (f"10.213.0.{i}" for i in (101, 102, 103, 104))
+APP_PORT = 8080
+STOP_TIMEOUT = 1.0  # stubborn's stop_timeout, seconds
+RESTART_MAX = 2  # web's restart.max
+STEP_DEADLINE = 15.0  # seconds for one supervision step (restart, failover, halt) to show
+
+
+# -- the cluster file -----------------------------------------------------------------------------
+def cluster_spec(
+    base: Path, *, stubborn: tuple[str, list[str]] = ("n3", ["n1"]), with_kv: bool = True
+) -> ClusterSpec:
+    """The lab's cluster file. ``base`` holds one directory per node (``${VIGIL_NODE}``, which
+    Vigil substitutes before it runs anything): nginx's config, html, pid and temp files, redis's
+    dir and the flag file of flaky's monitor."""
+    node_dir = f"{base}/${{VIGIL_NODE}}"
+    nginx_dir = f"{node_dir}/nginx"
+    render = (
+        f"mkdir -p {nginx_dir}/html"
+        f' && sed -e "s|@ADDR@|${{VIGIL_ADDRESS}}|g" -e "s|@DIR@|{nginx_dir}|g"'
+        f" {NGINX_TEMPLATE} > {nginx_dir}/nginx.conf"
+        f' && echo "nginx on ${{VIGIL_NODE}}" > {nginx_dir}/html/index.html'
+    )
+    groups: list[dict[str, Any]] = [
+        {
+            "name": "web",
+            "address": f"{WEB_VIP}/24",
+            "preferred": "n1",
+            "possible": ["n2"],
+            "app": {
+                "before_start": f"sh -c '{render}'",
+                "command": (
+                    f"nginx -p {nginx_dir} -c {nginx_dir}/nginx.conf"
+                    f' -g "daemon off; pid {nginx_dir}/nginx.pid;"'
+                ),
+                "workdir": str(base),
+                "start_timeout": "10s",
+                "stop_timeout": "3s",
+            },
+            "monitors": [
+                {"http": "http://${VIGIL_ADDRESS}/", "interval": "300ms", "failures": 2},
+            ],
+            "restart": {"max": RESTART_MAX, "window": "60s", "backoff": "100ms"},
+        },
+        {
+            "name": "kv",
+            "address": f"{KV_VIP}/24",
+            "preferred": "n2",
+            "possible": ["n3"],
+            "app": {
+                "command": (
+                    "redis-server --bind ${VIGIL_ADDRESS} --port 6379 --protected-mode no"
+                    f" --save '' --appendonly no --dir {node_dir}/redis"
+                ),
+                "user": "redis",
+                "start_timeout": "10s",
+                "stop_timeout": "3s",
+            },
+            "monitors": [
+                {"tcp": 6379, "interval": "500ms"},
+                {"exec": "redis-cli -h ${VIGIL_ADDRESS} ping", "interval": "500ms"},
+            ],
+        },
+        {
+            "name": "stubborn",
+            "address": f"{STUBBORN_VIP}/24",
+            "preferred": stubborn[0],
+            "possible": stubborn[1],
+            "app": {
+                "command": (
+                    f"python3 {HTTP_APP} --name stubborn --bind ${{VIGIL_ADDRESS}}"
+                    f" --port {APP_PORT} --ignore-term"
+                ),
+                "stop_timeout": f"{int(STOP_TIMEOUT * 1000)}ms",
+            },
+            "monitors": [{"http": f"http://${{VIGIL_ADDRESS}}:{APP_PORT}/", "interval": "500ms"}],
+        },
+        {
+            "name": "flaky",
+            "address": f"{FLAKY_VIP}/24",
+            "preferred": "n1",
+            "possible": ["n2"],
+            "app": {
+                "command": (
+                    f"python3 {HTTP_APP} --name flaky --bind ${{VIGIL_ADDRESS}} --port {APP_PORT}"
+                ),
+                "start_timeout": "20s",
+            },
+            "monitors": [
+                {"exec": f"test ! -e {node_dir}/fail.flag", "interval": "200ms", "failures": 2},
+                {"http": f"http://${{VIGIL_ADDRESS}}:{APP_PORT}/", "interval": "500ms"},
+            ],
+        },
+    ]
+    if not with_kv:
+        groups = [g for g in groups if g["name"] != "kv"]
+    return load_data(
+        {
+            "cluster": {"name": "vsup", "timing": {"heartbeat": "250ms", "lease": "2s"}},
+            "nodes": [{"name": n} for n in NODES],
+            "groups": groups,
+        }
+    )
+
+
+# -- events ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Seen:
+    index: int  # position in the order the bus delivered it
+    subject: str
+    event: Event
+
+
+class EventLog:
+    """Every event of the lab, in bus order, collected by a nats-py client on its own thread."""
+
+    def __init__(self, url: str) -> None:
+        self.seen: list[Seen] = []
+        self.undecodable: list[bytes] = []
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.bus: Bus | None = None
+        self.sub: Any = None
+        self.call(self._connect(url), timeout=20)
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _connect(self, url: str) -> None:
+        subjects = Subjects()
+        self.bus = await Bus.connect([url], subjects, "e2e", name="test-supervision")
+        decoder = msgspec.json.Decoder(AnyEvent)
+
+        async def on_msg(msg: Any) -> None:
+            try:
+                event = decoder.decode(msg.data)
+            except msgspec.DecodeError:
+                self.undecodable.append(bytes(msg.data))
+                return
+            with self.lock:
+                self.seen.append(Seen(len(self.seen), msg.subject, event))
+
+        # The event stream replays what happened before we connected (the first run methods),
+        # then keeps delivering, in the order the server stored them.
+        self.sub = await self.bus.js.subscribe(
+            subjects.all_events, cb=on_msg, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+
+    def apply(self, spec: ClusterSpec) -> int:
+        assert self.bus is not None
+        return int(self.call(store(self.bus, spec)))
+
+    def mark(self) -> int:
+        with self.lock:
+            return len(self.seen)
+
+    def select(
+        self,
+        kind: type[E] | tuple[type[Event], ...],
+        since: int = 0,
+        **fields: Any,
+    ) -> list[Seen]:
+        with self.lock:
+            items = self.seen[since:]
+        return [
+            s
+            for s in items
+            if isinstance(s.event, kind)
+            and all(getattr(s.event, k, None) == v for k, v in fields.items())
+        ]
+
+    def wait(
+        self,
+        kind: type[E],
+        timeout: float,
+        since: int = 0,
+        where: Callable[[E], bool] = lambda _e: True,
+        **fields: Any,
+    ) -> tuple[Seen, E]:
+        """The first event of ``kind`` (with ``fields``, for which ``where`` holds) at or after
+        position ``since``; fails the test at the deadline, with the events of the group."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for s in self.select(kind, since, **fields):
+                event: E = s.event  # type: ignore[assignment]
+                if where(event):
+                    return s, event
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"timed out after {timeout:g}s waiting for {kind.__name__} {fields} "
+                    f"(since #{since}); events:\n{self.dump(fields.get('group'))}"
+                )
+            time.sleep(0.02)
+
+    def dump(self, group: str | None = None) -> str:
+        with self.lock:
+            items = list(self.seen)
+        return "\n".join(
+            f"  #{s.index} {s.subject} {msgspec.json.encode(s.event).decode()}"
+            for s in items
+            if group is None or getattr(s.event, "group", None) == group
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call(self._close(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+    async def _close(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+        if self.bus is not None:
+            await self.bus.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+
+# -- the lab --------------------------------------------------------------------------------------
+def run(argv: list[str], timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def alive(pid: int) -> bool:
+    """Is ``pid`` a running process (a zombie is not)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live processes whose process group is ``pgid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@dataclass
+class SupLab:
+    prefix: str
+    base: Path  # per-node app directories
+    lab: Lab
+    state: LabState
+    spec: ClusterSpec
+    events: EventLog
+    story: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.state.host_url
+
+    def ns(self, who: str) -> str:
+        return self.state.ns(who)
+
+    def status(self) -> dict[str, Any]:
+        proc = run([VIGIL, "status", "-o", "json", "--nats", self.url])
+        assert proc.returncode == 0, f"vigil status failed: {proc.stderr.strip()}"
+        view: dict[str, Any] = json.loads(proc.stdout)
+        return view
+
+    def group(self, name: str) -> dict[str, Any] | None:
+        return next((g for g in self.status()["groups"] if g["name"] == name), None)
+
+    def wait_group(self, name: str, node: str, mode: str, timeout: float = STEP_DEADLINE) -> None:
+        last: list[Any] = [None]
+
+        def ok() -> bool:
+            last[0] = self.group(name)
+            return bool(last[0] and last[0]["node"] == node and last[0]["mode"] == mode)
+
+        until(ok, timeout, f"group {name} {mode} on {node} (last: {last[0]})")
+
+    def in_ns(
+        self, who: str, *argv: str, timeout: float = 10.0
+    ) -> subprocess.CompletedProcess[str]:
+        return run(["ip", "netns", "exec", self.ns(who), *argv], timeout=timeout)
+
+    def curl(self, url: str) -> str | None:
+        """One GET from the client namespace with curl: the body, or None."""
+        proc = self.in_ns("client", "curl", "-sS", "--noproxy", "*", "--max-time", "2", url)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def served(self, url: str, body: str, timeout: float = STEP_DEADLINE) -> None:
+        seen: list[str | None] = [None]
+
+        def ok() -> bool:
+            seen[0] = self.curl(url)
+            return seen[0] == body
+
+        until(ok, timeout, f"curl {url} from the client to answer {body!r} (last: {seen[0]!r})")
+
+    def redis(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.in_ns("client", "redis-cli", "-h", KV_VIP, "-p", "6379", *args)
+
+    def node_pids(self, node: str, needle: str) -> list[int]:
+        return [p for p in pids_in(self.ns(node)) if needle in cmdline(p)]
+
+    def logs(self, group: str, node: str | None = None) -> str:
+        argv = [VIGIL, "logs", group, "--nats", self.url, "-n", "1000"]
+        proc = run([*argv, "--node", node] if node else argv)
+        assert proc.returncode == 0, f"vigil logs {group} failed: {proc.stderr.strip()}"
+        return proc.stdout
+
+    def kill_app(self, node: str, pid: int) -> None:
+        """SIGKILL the app's process from inside the node's namespace."""
+        proc = self.in_ns(node, "kill", "-KILL", str(pid))
+        assert proc.returncode == 0, f"kill -KILL {pid} in {node}: {proc.stderr.strip()}"
+
+
+def until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def own_namespaces(prefix: str) -> list[str]:
+    return [n for n in namespaces() if n.startswith(f"{prefix}-")]
+
+
+def netns_gate() -> None:
+    """``require_netns`` for the class-scoped lab, which is built before any test's fixtures."""
+    reason = None
+    if os.geteuid() != 0:
+        reason = "needs root (CAP_NET_ADMIN) for network namespaces"
+    for tool in ("ip", "nft", "nginx", "redis-server", "redis-cli", "curl"):
+        if reason is None and shutil.which(tool) is None:
+            reason = f"needs the '{tool}' command (make deps)"
+    if reason is None:
+        return
+    if os.environ.get("VIGIL_REQUIRE_NETNS") == "1":
+        pytest.fail(f"VIGIL_REQUIRE_NETNS=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="class")
+def sup() -> Iterator[SupLab]:
+    netns_gate()
+    prefix = f"vsup{secrets.token_hex(2)}"
+    assert not own_namespaces(prefix) and not lab_dir(prefix).exists(), f"{prefix} is taken"
+    base = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
+    base.chmod(0o755)  # nginx's workers (nobody) read the html under it
+    import pwd
+
+    redis_user = pwd.getpwnam("redis")
+    for node in NODES:
+        (base / node).mkdir(mode=0o755)
+        (base / node / "redis").mkdir(mode=0o700)
+        os.chown(base / node / "redis", redis_user.pw_uid, redis_user.pw_gid)
+    spec = cluster_spec(base)
+    lab = Lab(prefix)
+    pids: set[int] = set()
+    events: EventLog | None = None
+    try:
+        state = lab.up(spec)
+        events = EventLog(state.host_url)
+        yield SupLab(prefix, base, lab, state, spec, events)
+    finally:
+        if events is not None:
+            events.close()
+        loaded = LabState.load(prefix)
+        if loaded is not None:
+            pids.update(p.pid for p in loaded.procs)
+        for ns in own_namespaces(prefix):
+            pids.update(pids_in(ns))
+        lab.down()
+        left = own_namespaces(prefix)
+        survivors = [p for p in sorted(pids) if alive(p)]
+        if not os.environ.get("VIGIL_KEEP_LAB_DIR"):
+            shutil.rmtree(lab_dir(prefix), ignore_errors=True)
+            shutil.rmtree(base, ignore_errors=True)
+        listing = run(["ip", "netns", "list"]).stdout
+        assert not left and prefix not in listing, f"lab {prefix} left namespaces: {left}"
+        assert not survivors, f"lab {prefix} left processes alive: {survivors}"
+
+
+# -- checks -----------------------------------------------------------------------------------
+def ts(seen: Seen) -> datetime:
+    return seen.event.ts
+
+
+def assert_in_order(steps: list[Seen], what: str) -> None:
+    """Delivered in this order, stamped in this order, and in sequence per source."""
+    names = [f"{s.event.__class__.__name__}@{s.event.source}" for s in steps]
+    indices = [s.index for s in steps]
+    assert indices == sorted(indices), f"{what}: delivered out of order: {names} at {indices}"
+    stamps = [ts(s) for s in steps]
+    assert stamps == sorted(stamps), f"{what}: stamped out of order: {list(zip(names, stamps))}"
+    by_source: dict[str, list[int]] = {}
+    for s in steps:
+        by_source.setdefault(s.event.source, []).append(s.event.seq)
+    for source, seqs in by_source.items():
+        assert seqs == sorted(seqs), f"{what}: {source} sequence out of order: {seqs}"
+
+
+def run_method(
+    events: EventLog, group: str, node: str, since: int = 0, timeout: float = STEP_DEADLINE
+) -> list[Seen]:
+    """The four steps of a run method of ``group`` on ``node`` (from position ``since``),
+    asserted in order with one epoch."""
+    acquired, a = events.wait(AddressAcquired, timeout, since, group=group, node=node)
+    started, s = events.wait(AppStarted, timeout, acquired.index, group=group, node=node)
+    monitors, m = events.wait(MonitorsStarted, timeout, started.index, group=group, node=node)
+    up, u = events.wait(ServiceUp, timeout, monitors.index, group=group, node=node)
+    steps = [acquired, started, monitors, up]
+    assert a.epoch == s.epoch == m.epoch == u.epoch, (
+        f"{group}: run method on {node} spans epochs: {[x.event for x in steps]}"
+    )
+    assert a.address == u.address
+    # nothing of a halt or a failure in between
+    between = [
+        x
+        for x in events.select(
+            (AppFailed, AppStopped, MonitorsStopped, AddressReleased, ServiceDown),
+            acquired.index,
+            group=group,
+            node=node,
+        )
+        if x.index < up.index
+    ]
+    assert not between, f"{group}: the run method on {node} was interrupted: {between}"
+    assert_in_order(steps, f"{group} run method on {node}")
+    return steps
+
+
+# -- the story ------------------------------------------------------------------------------------
+@pytest.mark.incremental
+class TestSupervision:
+    def test_nginx_and_redis_serve_real_clients_through_their_vips(
+        self, require_netns: None, sup: SupLab
+    ) -> None:
+        view = sup.status()
+        assert {n["name"]: n["state"] for n in view["nodes"]} == dict.fromkeys(NODES, "up")
+        placed = {g["name"]: (g["node"], g["mode"]) for g in view["groups"]}
+        assert placed == {
+            "web": ("n1", "normal"),
+            "kv": ("n2", "normal"),
+            "stubborn": ("n3", "normal"),
+            "flaky": ("n1", "normal"),
+        }
+
+        # nginx, rendered by before_start for n1, through the VIP with curl
+        sup.served(f"http://{WEB_VIP}/", "nginx on n1\n")
+        _, web = sup.events.wait(AppStarted, 5, group="web", node="n1")
+        assert cmdline(web.pid).startswith("nginx: master process"), cmdline(web.pid)
+        assert Path(sup.base, "n1", "nginx", "nginx.pid").read_text().strip() == str(web.pid)
+
+        # redis with its own client, through the VIP
+        assert sup.redis("ping").stdout.strip() == "PONG"
+        assert sup.redis("set", "vigil:e2e", "supervised").stdout.strip() == "OK"
+        assert sup.redis("get", "vigil:e2e").stdout.strip() == "supervised"
+
+        # ...running as user redis, never as root (AppStarted carries the pid)
+        _, kv = sup.events.wait(AppStarted, 5, group="kv", node="n2")
+        ps = sup.in_ns("n2", "ps", "-o", "user=", "-p", str(kv.pid))
+        assert ps.stdout.strip() == "redis", f"redis runs as {ps.stdout.strip()!r}: {ps.stderr}"
+        uids = next(
+            line.split()[1:]
+            for line in Path(f"/proc/{kv.pid}/status").read_text().splitlines()
+            if line.startswith("Uid:")
+        )
+        redis_uid = str(os.stat(sup.base / "n2" / "redis").st_uid)
+        assert uids == [redis_uid] * 4, f"real/effective/saved/fs uids {uids}"
+        assert "redis-server" in cmdline(kv.pid)
+
+        # the other two answer too
+        sup.served(f"http://{STUBBORN_VIP}:{APP_PORT}/", "stubborn on n3\n")
+        sup.served(f"http://{FLAKY_VIP}:{APP_PORT}/", "flaky on n1\n")
+
+    def test_run_method_steps_are_ordered(self, require_netns: None, sup: SupLab) -> None:
+        for group, node in (("web", "n1"), ("kv", "n2"), ("stubborn", "n3"), ("flaky", "n1")):
+            steps = run_method(sup.events, group, node, timeout=5)
+            started = steps[1].event
+            assert isinstance(started, AppStarted) and started.pid > 0
+            monitors = steps[2].event
+            assert isinstance(monitors, MonitorsStarted) and monitors.monitors
+
+    def test_halt_method_is_the_reverse_and_sigterm_ignorer_is_killed_after_stop_timeout(
+        self, require_netns: None, sup: SupLab
+    ) -> None:
+        _, started = sup.events.wait(AppStarted, 5, group="stubborn", node="n3")
+        members = process_group(started.pid)
+        assert len(members) == 2, f"stubborn and its child: {members}"
+        assert all("httpapp.py" in cmdline(p) for p in members)
+
+        # The operator moves stubborn off n3 (n3 leaves its list): a real halt method on n3.
+        mark = sup.events.mark()
+        moved = cluster_spec(sup.base, stubborn=("n1", []))
+        sup.events.apply(moved)
+        sup.spec = moved
+        decided, d = sup.events.wait(PlacementDecided, STEP_DEADLINE, mark, group="stubborn")
+        assert d.node is None and d.previous == "n3", d
+        off, _ = sup.events.wait(MonitorsStopped, STEP_DEADLINE, mark, group="stubborn", node="n3")
+        stopped, s = sup.events.wait(
+            AppStopped, STEP_DEADLINE + STOP_TIMEOUT, off.index, group="stubborn", node="n3"
+        )
+        released, _ = sup.events.wait(
+            AddressReleased, STEP_DEADLINE, stopped.index, group="stubborn", node="n3"
+        )
+        down, dn = sup.events.wait(
+            ServiceDown, STEP_DEADLINE, released.index, group="stubborn", node="n3"
+        )
+        assert_in_order([decided, off, stopped, released, down], "stubborn halt method on n3")
+        assert s.epoch == started.epoch == off.event.epoch == dn.epoch  # type: ignore[attr-defined]
+        assert dn.reason == "user"
+        assert not sup.events.select(AppStopFailed, mark, group="stubborn")
+
+        # SIGTERM was sent and ignored; SIGKILL came only after stop_timeout
+        waited = (ts(stopped) - ts(off)).total_seconds()
+        assert STOP_TIMEOUT <= waited < STOP_TIMEOUT + 3.0, f"app_stopped {waited:.3f}s after halt"
+        assert (ts(stopped) - ts(decided)).total_seconds() >= STOP_TIMEOUT
+        assert "stubborn: ignoring SIGTERM" in sup.logs("stubborn", node="n3")
+        # nothing of it survived: neither the app nor its SIGTERM-deaf child
+        assert [p for p in members if alive(p)] == []
+        assert process_group(started.pid) == []
+        assert sup.node_pids("n3", str(HTTP_APP)) == []
+        assert STUBBORN_VIP not in sup.in_ns("n3", "ip", "-4", "addr").stdout
+
+        # ...and it runs on n1 now, through the same run method, served through the same VIP
+        run_method(sup.events, "stubborn", "n1", since=released.index)
+        sup.wait_group("stubborn", "n1", "normal")
+        sup.served(f"http://{STUBBORN_VIP}:{APP_PORT}/", "stubborn on n1\n")
+
+    def test_killed_app_is_restarted_on_the_same_node(
+        self, require_netns: None, sup: SupLab
+    ) -> None:
+        starts = sup.events.select(AppStarted, group="web", node="n1")
+        assert len(starts) == 1, starts
+        old = starts[-1].event
+        assert isinstance(old, AppStarted)
+        mark = sup.events.mark()
+        sup.kill_app("n1", old.pid)
+
+        failed, f = sup.events.wait(AppFailed, STEP_DEADLINE, mark, group="web")
+        assert (f.node, f.final, f.exit_code) == ("n1", False, -signal.SIGKILL), f
+        _, new = sup.events.wait(AppStarted, STEP_DEADLINE, failed.index, group="web")
+        assert new.node == "n1" and new.pid != old.pid and new.epoch == old.epoch
+        sup.events.wait(ServiceUp, STEP_DEADLINE, failed.index, group="web", node="n1")
+        assert not alive(old.pid)
+        sup.served(f"http://{WEB_VIP}/", "nginx on n1\n")
+        assert not sup.events.select(PlacementDecided, mark, group="web")
+        sup.story["web_kills"] = 1
+
+    def test_app_crashing_repeatedly_fails_over_after_max_restarts(
+        self, require_netns: None, sup: SupLab
+    ) -> None:
+        kills = sup.story["web_kills"]
+        mark = sup.events.mark()
+        final: tuple[Seen, AppFailed] | None = None
+        while final is None:
+            assert kills <= RESTART_MAX, "still restarting on n1 after restart.max restarts"
+            latest = sup.events.select(AppStarted, group="web", node="n1")[-1]
+            current = latest.event
+            assert isinstance(current, AppStarted)
+            # kill it once it is fully up (a kill before it is healthy is a failed start)
+            sup.events.wait(ServiceUp, STEP_DEADLINE, latest.index, group="web", node="n1")
+            before = sup.events.mark()
+            sup.kill_app("n1", current.pid)
+            kills += 1
+            failed, f = sup.events.wait(AppFailed, STEP_DEADLINE, before, group="web", node="n1")
+            if kills <= RESTART_MAX:
+                assert not f.final, f"gave up after {kills} kills (restart.max {RESTART_MAX})"
+                sup.events.wait(ServiceUp, STEP_DEADLINE, failed.index, group="web", node="n1")
+            else:
+                final = sup.events.wait(
+                    AppFailed, STEP_DEADLINE, before, group="web", node="n1", final=True
+                )
+        assert kills == RESTART_MAX + 1
+        assert f"restart.max is {RESTART_MAX}" in final[1].reason, final[1]
+        assert len(sup.events.select(AppStarted, group="web", node="n1")) == RESTART_MAX + 1
+
+        # placement bans n1 for web and moves it to the next node of its list
+        moved, m = sup.events.wait(
+            PlacementDecided, STEP_DEADLINE, final[0].index, group="web", where=lambda e: e.node
+        )
+        assert m.node == "n2", m
+        released, _ = sup.events.wait(AddressReleased, STEP_DEADLINE, mark, group="web", node="n1")
+        steps = run_method(sup.events, "web", "n2", since=mark)
+        assert released.index < steps[0].index and ts(released) <= ts(steps[0])
+        sup.wait_group("web", "n2", "failover")
+        sup.served(f"http://{WEB_VIP}/", "nginx on n2\n")
+        assert sup.node_pids("n1", "nginx") == []
+        assert WEB_VIP not in sup.in_ns("n1", "ip", "-4", "addr").stdout
+
+    def test_monitor_failure_restarts_the_app(self, require_netns: None, sup: SupLab) -> None:
+        current = sup.events.select(AppStarted, group="flaky", node="n1")[-1].event
+        assert isinstance(current, AppStarted)
+        flag = sup.base / "n1" / "fail.flag"
+        mark = sup.events.mark()
+        flag.touch()
+        try:
+            failed, f = sup.events.wait(AppFailed, STEP_DEADLINE, mark, group="flaky")
+        finally:
+            flag.unlink(missing_ok=True)
+        assert (f.node, f.final) == ("n1", False), f
+        assert "monitor failed" in f.reason and "fail.flag" in f.reason, f.reason
+        assert "2 times in a row" in f.reason, f.reason
+        # the app was running fine: the monitor, not its exit, stopped it
+        stopped_mon, _ = sup.events.wait(MonitorsStopped, 5, mark, group="flaky", node="n1")
+        assert stopped_mon.index < failed.index
+        _, new = sup.events.wait(AppStarted, STEP_DEADLINE, failed.index, group="flaky")
+        assert new.node == "n1" and new.pid != current.pid
+        sup.events.wait(ServiceUp, STEP_DEADLINE, failed.index, group="flaky", node="n1")
+        assert not alive(current.pid)
+        assert not sup.events.select(PlacementDecided, mark, group="flaky")
+        sup.served(f"http://{FLAKY_VIP}:{APP_PORT}/", "flaky on n1\n")
+
+    def test_vigil_logs_shows_the_apps_output(self, require_netns: None, sup: SupLab) -> None:
+        out = sup.logs("flaky")  # the node where it runs (n1), found by the CLI
+        marker = f"flaky: listening on {FLAKY_VIP}:{APP_PORT} on node n1"
+        # started, then restarted by its monitor: two marker lines
+        assert out.count(marker) == 2, out
+        # nginx's own output is captured too (its notices go to stderr)
+        assert "nginx" in sup.logs("web", node="n1")
+
+    def test_group_removed_from_the_file_is_halted_and_its_address_released(
+        self, require_netns: None, sup: SupLab
+    ) -> None:
+        _, started = sup.events.wait(AppStarted, 5, group="kv", node="n2")
+        mark = sup.events.mark()
+        sup.events.apply(cluster_spec(sup.base, stubborn=("n1", []), with_kv=False))
+        off, _ = sup.events.wait(MonitorsStopped, STEP_DEADLINE, mark, group="kv", node="n2")
+        stopped, _ = sup.events.wait(AppStopped, STEP_DEADLINE, off.index, group="kv", node="n2")
+        until(lambda: not alive(started.pid), 5, "redis-server to exit")
+        released, _ = sup.events.wait(
+            AddressReleased, STEP_DEADLINE, stopped.index, group="kv", node="n2"
+        )
+        down, _ = sup.events.wait(ServiceDown, STEP_DEADLINE, released.index, group="kv")
+        assert_in_order([off, stopped, released, down], "kv halt method on n2")
+        assert KV_VIP not in sup.in_ns("n2", "ip", "-4", "addr").stdout
+        assert sup.redis("ping").returncode != 0
