@@ -10,6 +10,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import msgspec
@@ -214,6 +215,31 @@ def cmd_intent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from .core.durations import parse_duration
+    from .events_cli import show
+
+    try:
+        since = timedelta(seconds=parse_duration(args.since)) if args.since else None
+    except ValueError as exc:
+        return fail(f"--since: {exc}", 2)
+
+    async def go() -> None:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            await show(bus, since, args.follow, args.output == "json")
+        finally:
+            await bus.close()
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        return fail(f"cannot read events from {','.join(client_urls(args))}: {exc}")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from .up import up
 
@@ -315,6 +341,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", choices=["table", "json"], default="table")
     s.set_defaults(func=cmd_status, prefix="vlab")
 
+    ev = with_nats(sub.add_parser("events", help="what happened: the event history"))
+    ev.add_argument("--since", help="only events younger than this, e.g. 10m")
+    ev.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    ev.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    ev.set_defaults(func=cmd_events, prefix="vlab")
     sw = with_nats(sub.add_parser("switchover", help="planned move of a group to another node"))
     sw.add_argument("group")
     sw.add_argument("--to", help="target node (default: the next live node in its list)")

@@ -206,7 +206,7 @@ class TestLabCli:
         assert not [n for n in namespaces() if n.startswith(f"{never}-")]
 
 
-# -- without root ------------------------------------------------------------------------------------
+# -- without root ---------------------------------------------------------------------------------
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 

@@ -42,13 +42,15 @@ async def test_node_loss_moves_its_group_within_a_lease_and_a_little(
 
     silent = time.monotonic()
     hearts.beating.discard("n1")
-    await nodes.wait(of(NodeLost, node="n1"))
+    lost = await nodes.wait(of(NodeLost, node="n1"))
+    assert lost.silent_for >= LEASE
     moved = await placements.wait(of(PlacementDecided, group="web1", epoch=2))
     took = time.monotonic() - silent
     print(f"heartbeats stopped -> group moved: {took * 1000:.0f} ms (lease {LEASE * 1000:.0f} ms)")
     assert (moved.node, moved.previous) == ("n2", "n1")
     # Detection is the lease (from the last heartbeat, up to one interval before `silent`);
-    # everything after it (event, decision, compare-and-set, event) is overhead.
-    assert LEASE - 0.05 <= took < LEASE + 0.5, took
+    # everything after it (event, decision, compare-and-set, event) is overhead: milliseconds
+    # on a quiet machine, and a generous bound here so a busy one does not flake.
+    assert took < LEASE + 1.0, took
     await placements.none_within(of(PlacementDecided), since=placements.after(moved), timeout=0.3)
     assert len(nodes.matching(of(NodeLost))) == 1
