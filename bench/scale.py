@@ -102,11 +102,14 @@ class Tracker:
                 if old_ack is None or e.epoch >= old_ack[0]:
                     self.acked[e.group] = (e.epoch, ts(e))
 
-    def settled(self, groups: list[str]) -> bool:
+    def settled(self, groups: list[str], away_from: str | None = None) -> bool:
+        """Every group placed (not on ``away_from``) and acknowledged at its current epoch."""
         self.update()
         for g in groups:
             cur = self.current.get(g)
-            if cur is None or cur[0] is None or self.acked.get(g, (0, 0.0))[0] != cur[1]:
+            if cur is None or cur[0] is None or cur[0] == away_from:
+                return False
+            if self.acked.get(g, (0, 0.0))[0] != cur[1]:
                 return False
         return True
 
@@ -284,7 +287,7 @@ class ControlPlane:
         reply = await self.ctl(self.worker_of[victim], {"op": "stop", "node": victim})
         t_stop = float(reply["t"])
         deadline = time.monotonic() + timeout
-        while not self.tracker.settled(affected):
+        while not self.tracker.settled(affected, away_from=victim):
             if time.monotonic() > deadline:
                 run.error = "not every affected group was re-placed and acknowledged in time"
                 break
@@ -398,7 +401,8 @@ async def run_case(
             break
         finally:
             await cp.stop()
-            shutil.rmtree(cp.dir, ignore_errors=True)
+            if case.error is None:
+                shutil.rmtree(cp.dir, ignore_errors=True)
     return case
 
 

@@ -6,6 +6,8 @@ Key names are a contract with operators: extend, never rename. Durations are wri
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 
@@ -19,6 +21,8 @@ class Timing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Cluster(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     timing: Timing = Timing()
+    # run (by placement, once per alert) with VIGIL_ALERT_KIND/GROUP/NODE/MESSAGE in its env
+    alert: str | None = None
 
 
 class Node(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -84,6 +88,11 @@ class Group(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     possible: list[str] = msgspec.field(default_factory=list)
     monitors: list[Monitor] = msgspec.field(default_factory=list)
     restart: Restart = Restart()
+    # restart: the app is restarted on the new node; address-only: the address moves and is
+    # held there with the app down (offline), so clients are refused at once and move on
+    on_failover: Literal["restart", "address-only"] = "restart"
+    failback: Literal["manual", "auto"] = "manual"
+    failback_delay: float = 30.0  # auto: the preferred node must have been up this long
 
     @property
     def sequence(self) -> list[str]:

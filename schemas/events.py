@@ -114,6 +114,22 @@ class MonitorsStopped(Event, frozen=True, kw_only=True, tag="monitors_stopped"):
     epoch: int
 
 
+class SwitchingDisabled(Event, frozen=True, kw_only=True, tag="switching_disabled"):
+    """The group landed on the last eligible node of its list; it will not move again until an
+    operator runs ``vigil enable``."""
+
+    group: str
+    node: str | None
+    epoch: int
+
+
+class Alert(Event, frozen=True, kw_only=True, tag="alert"):
+    kind: str
+    group: str
+    node: str | None
+    message: str
+
+
 class IntentChanged(Event, frozen=True, kw_only=True, tag="intent_changed"):
     """An operator asked for something: ``admin`` run / halted / offline, or a switchover."""
 
@@ -157,6 +173,8 @@ AnyEvent = (
     | MonitorsStarted
     | MonitorsStopped
     | IntentChanged
+    | SwitchingDisabled
+    | Alert
     | ServiceUp
     | ServiceDown
 )
@@ -176,6 +194,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     MonitorsStarted,
     MonitorsStopped,
     IntentChanged,
+    SwitchingDisabled,
+    Alert,
     ServiceUp,
     ServiceDown,
 )

@@ -38,6 +38,10 @@ class Placement(msgspec.Struct, frozen=True):
     moving_to: str | None = None
     # the last operator switchover request (Intent.switchover_id) this placement has applied
     switchover_id: int = 0
+    # False once the group landed on the last eligible node of its list: it moves no more
+    # (no ping-pong) until an operator runs `vigil enable`
+    switching: bool = True
+    enable_id: int = 0  # the last Intent.enable_id applied
 
 
 Admin = Literal["run", "halted", "offline"]
@@ -51,6 +55,7 @@ class Intent(msgspec.Struct, frozen=True):
     admin: Admin = "run"  # halted: nowhere; offline: address up, app down
     switchover_to: str | None = None
     switchover_id: int = 0  # grows by one per `vigil switchover`
+    enable_id: int = 0  # grows by one per `vigil enable`
 
 
 class AddressStatus(msgspec.Struct, frozen=True):

@@ -197,6 +197,9 @@ def cmd_intent(args: argparse.Namespace) -> int:
             if args.command == "switchover":
                 old, new = await operator.switchover(bus, args.group, args.to)
                 return f"{args.group}: switchover from {old} to {new} requested"
+            if args.command == "enable":
+                await operator.enable(bus, args.group)
+                return f"{args.group}: switching enabled, failures forgotten"
             if args.command == "halt":
                 admin: Admin = "offline" if args.keep_address else "halted"
                 await operator.set_admin(bus, args.group, admin)
@@ -361,6 +364,11 @@ def parser() -> argparse.ArgumentParser:
     rn = with_nats(sub.add_parser("run", help="run a halted or offline group again"))
     rn.add_argument("group")
     rn.set_defaults(func=cmd_intent, prefix="vlab")
+    en = with_nats(
+        sub.add_parser("enable", help="re-enable switching for a group, forget its failures")
+    )
+    en.add_argument("group")
+    en.set_defaults(func=cmd_intent, prefix="vlab")
 
     lg = with_nats(sub.add_parser("logs", help="the tail of a group's application log"))
     lg.add_argument("group")

@@ -106,3 +106,18 @@ async def switchover(bus: Bus, name: str, to: str | None) -> tuple[str, str]:
             continue
         return placement.node, to
     raise IntentError(f"group {name!r}: the intent kept changing under us; try again")
+
+
+async def enable(bus: Bus, name: str) -> None:
+    """Re-enable switching for a group and forget where it failed (``vigil enable``)."""
+    _, placement = await _group(bus, name)
+    applied = placement.enable_id if placement else 0
+    for _ in range(5):
+        intent, revision = await _current(bus, name)
+        new = msgspec.structs.replace(intent, enable_id=max(intent.enable_id, applied) + 1)
+        try:
+            await _write(bus, new, revision)
+        except Exception:
+            continue
+        return
+    raise IntentError(f"group {name!r}: the intent kept changing under us; try again")

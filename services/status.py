@@ -26,6 +26,7 @@ class GroupView(msgspec.Struct):
     address: str
     epoch: int
     preferred: str
+    switching: Literal["enabled", "disabled"] = "enabled"
 
 
 class StatusView(msgspec.Struct):
@@ -75,7 +76,13 @@ def build(
         node, mode = mode_of(g.name, g.preferred, placement, addresses, apps)
         groups.append(
             GroupView(
-                g.name, node, mode, g.address, placement.epoch if placement else 0, g.preferred
+                g.name,
+                node,
+                mode,
+                g.address,
+                placement.epoch if placement else 0,
+                g.preferred,
+                "enabled" if placement is None or placement.switching else "disabled",
             )
         )
     return StatusView(spec.cluster.name, node_views, groups)
@@ -98,9 +105,13 @@ async def read(bus: Bus) -> StatusView:
 def render_table(view: StatusView) -> str:
     lines = [f"cluster {view.cluster or '(no cluster file applied)'}", "", f"{'NODE':<12} STATE"]
     lines += [f"{n.name:<12} {n.state}" for n in view.nodes]
-    lines += ["", f"{'GROUP':<12} {'NODE':<8} {'MODE':<9} {'ADDRESS':<20} {'PREFERRED':<10} EPOCH"]
+    head = (
+        f"{'GROUP':<12} {'NODE':<8} {'MODE':<9} {'ADDRESS':<20} {'PREFERRED':<10} {'SWITCHING':<10}"
+    )
+    lines += ["", head + " EPOCH"]
     lines += [
-        f"{g.name:<12} {g.node or '-':<8} {g.mode:<9} {g.address:<20} {g.preferred:<10} {g.epoch}"
+        f"{g.name:<12} {g.node or '-':<8} {g.mode:<9} {g.address:<20} {g.preferred:<10} "
+        f"{g.switching:<10} {g.epoch}"
         for g in view.groups
     ]
     return "\n".join(lines)

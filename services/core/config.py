@@ -31,6 +31,7 @@ _GROUP_DURATIONS: tuple[tuple[str, ...], ...] = (
     ("restart", "window"),
     ("restart", "backoff"),
     ("restart", "failure_timeout"),
+    ("failback_delay",),
 )
 _MONITOR_DURATIONS = ("interval", "timeout")
 

@@ -64,6 +64,12 @@ class Subjects:
     def all_app_events(self, node: str = "*", what: str = "*") -> str:
         return f"{self.root}.app.{node}.*.{what}"
 
+    def group_event(self, group: str, what: str) -> str:
+        return f"{self.root}.group.{group}.{what}"
+
+    def alert(self, group: str) -> str:
+        return f"{self.root}.alert.{group}"
+
     def service(self, group: str, what: str) -> str:
         return f"{self.root}.service.{group}.{what}"
 

@@ -14,7 +14,16 @@ sequenced list ``[preferred] + possible``:
   still booting get their chance) the first eligible node of the list.
 
 Operator intents: ``halted`` releases the group and keeps it nowhere; a switchover releases it
-from its node (``moving_to`` the target) and places it on the target once released.
+from its node (``moving_to`` the target) and places it on the target once released; ``enable``
+re-enables switching and forgets the group's bans.
+
+Failback ``auto``: a group away from its preferred node moves back (as a switchover) once the
+preferred node has been up for ``failback_delay``.
+
+Last node: when a failover lands a group on the last eligible node of its list, switching is
+disabled for it (the service announces it and alerts once). With switching disabled the group
+never moves again: if that node is lost it stays halted, if its app fails for good there it stays
+offline (address held, app down), until an operator runs ``vigil enable``.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ class Snapshot:
     settled: bool = True
     now: float = 0.0  # unix time, for bans
     intents: Mapping[str, Intent] = dataclasses.field(default_factory=dict)
+    up_since: Mapping[str, float] = dataclasses.field(default_factory=dict)  # unix time
 
 
 def next_node(sequence: list[str], after: str | None, ok: Callable[[str], bool]) -> str | None:
@@ -61,6 +71,8 @@ class Change:
     reason: str
     moving_to: str | None = None
     switchover_id: int | None = None  # set when this change applies an operator's switchover
+    switching: bool | None = None  # set when this change turns switching off (or back on)
+    enable_id: int | None = None  # set when this change applies an operator's enable
 
 
 def decide_group(group: Group, snap: Snapshot) -> Change | None:
@@ -81,6 +93,23 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
         return n in snap.up and n in sequence and banned.get(n, 0.0) <= snap.now
 
     intent = snap.intents.get(group.name, Intent(group.name))
+    switching = cur.switching if cur else True
+    if cur is not None and intent.enable_id > cur.enable_id:
+        return Change(
+            node, "switching enabled by the operator", switching=True, enable_id=intent.enable_id
+        )
+
+    def landing(target: str | None, reason: str) -> Change:
+        """A failover to ``target``: switching goes off if it is the last eligible node."""
+        others = [n for n in sequence if n != target and eligible(n)]
+        if target is not None and not others:
+            return Change(
+                target,
+                f"{reason}; {target} is the last eligible node: switching disabled",
+                switching=False,
+            )
+        return Change(target, reason)
+
     if cur is not None and cur.blocked_by in snap.up:
         if node is not None:
             return None, f"stop failed on {cur.blocked_by}"
@@ -103,7 +132,18 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
                     f"switchover to {switch} refused: not eligible",
                     switchover_id=intent.switchover_id,
                 )
+            preferred = group.preferred
+            if (
+                group.failback == "auto"
+                and switching
+                and node != preferred
+                and eligible(preferred)
+                and snap.now - snap.up_since.get(preferred, snap.now) >= group.failback_delay
+            ):
+                return Change(None, f"failback to {preferred}", moving_to=preferred)
             return None
+        if not switching and node in snap.up and banned.get(node, 0.0) > snap.now:
+            return None  # last node, app failed for good: hold the address (offline)
         if node in snap.up:
             why = (
                 f"the app failed for good on {node}"
@@ -111,7 +151,11 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
                 else f"node {node} is no longer in the group's list"
             )
             return None, why
-        return next_node(sequence, node, eligible), f"node {node} lost"
+        if not switching:
+            return None, f"node {node} lost; switching is disabled: the group stays halted"
+        return landing(next_node(sequence, node, eligible), f"node {node} lost")
+    if not switching:
+        return None  # stays where it is (halted) until an operator enables switching
     if snap.held_by.get(group.name):
         return None  # released but still held by a live node: wait for its release
     if cur is not None and cur.moving_to is not None and eligible(cur.moving_to):
@@ -123,7 +167,8 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
     target = next_node(sequence, None, eligible)
     if target is None:
         return None
-    return target, "preferred node unavailable, first eligible node in the list"
+    reason = "preferred node unavailable, first eligible node in the list"
+    return landing(target, reason) if cur is not None else (target, reason)
 
 
 def decide(snap: Snapshot) -> list[Placement]:
@@ -139,7 +184,7 @@ def decide(snap: Snapshot) -> list[Placement]:
                 Placement(group.name, change.node, 1, change.reason, moving_to=change.moving_to)
             )
             continue
-        if cur.node == change.node and change.switchover_id is None:
+        if cur.node == change.node and change.switchover_id is None and change.enable_id is None:
             continue
         out.append(
             msgspec.structs.replace(
@@ -151,6 +196,9 @@ def decide(snap: Snapshot) -> list[Placement]:
                 switchover_id=(
                     change.switchover_id if change.switchover_id is not None else cur.switchover_id
                 ),
+                switching=change.switching if change.switching is not None else cur.switching,
+                enable_id=change.enable_id if change.enable_id is not None else cur.enable_id,
+                banned={} if change.enable_id is not None else cur.banned,
             )
         )
     names = {g.name for g in snap.spec.groups}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shlex
 import time
 from collections.abc import Callable
 
@@ -13,6 +15,7 @@ from nats.js.kv import KeyValue
 from schemas.events import (
     AddressAcquired,
     AddressReleased,
+    Alert,
     AppFailed,
     AppStopFailed,
     AppStopped,
@@ -20,6 +23,7 @@ from schemas.events import (
     NodeJoined,
     NodeLost,
     PlacementDecided,
+    SwitchingDisabled,
 )
 from schemas.records import AddressStatus, Intent, NodeRecord, NodeState, Placement
 
@@ -31,6 +35,35 @@ from ..core.subjects import address_key
 from .rules import Snapshot, decide
 
 log = logging.getLogger(__name__)
+
+
+async def run_alert(command: str, kind: str, group: str, node: str | None, message: str) -> None:
+    """The operator's alert command (cluster.alert), without a shell, bounded in time."""
+    env = {
+        **os.environ,
+        "VIGIL_ALERT_KIND": kind,
+        "VIGIL_ALERT_GROUP": group,
+        "VIGIL_ALERT_NODE": node or "",
+        "VIGIL_ALERT_MESSAGE": message,
+    }
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *shlex.split(command),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        code = await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        proc.kill()
+        log.error("alert command %r timed out", command)
+        return
+    except OSError as exc:
+        log.error("alert command %r failed to run: %s", command, exc)
+        return
+    if code != 0:
+        log.error("alert command %r exited with %d", command, code)
+
 
 RESYNC = 1.0  # seconds between level-triggered reconciles
 
@@ -187,6 +220,9 @@ class PlacementService:
             settled=time.monotonic() - self.started >= settle or up >= {n.name for n in spec.nodes},
             now=time.time(),
             intents=self.intents.values(),
+            up_since={
+                n: r.since.timestamp() for n, r in self.nodes.values().items() if r.state == "up"
+            },
         )
 
     async def reconcile(self) -> None:
@@ -224,3 +260,35 @@ class PlacementService:
                 moving_to=decision.moving_to,
             ),
         )
+        if previous is not None and previous.switching and not decision.switching:
+            await self.switching_disabled(decision)
+
+    async def switching_disabled(self, decision: Placement) -> None:
+        """Announce it once (only the replica whose write won gets here) and run the alert."""
+        s = self.bus.subjects
+        message = (
+            f"group {decision.group} landed on {decision.node}, the last eligible node of "
+            "its list: switching is disabled until 'vigil enable'"
+        )
+        log.warning("%s", message)
+        await self.bus.publish(
+            s.group_event(decision.group, "switching_disabled"),
+            SwitchingDisabled(
+                **self.bus.stamp(), group=decision.group, node=decision.node, epoch=decision.epoch
+            ),
+        )
+        await self.bus.publish(
+            s.alert(decision.group),
+            Alert(
+                **self.bus.stamp(),
+                kind="switching_disabled",
+                group=decision.group,
+                node=decision.node,
+                message=message,
+            ),
+        )
+        spec = self.config.spec
+        if spec is not None and spec.cluster.alert:
+            await run_alert(
+                spec.cluster.alert, "switching_disabled", decision.group, decision.node, message
+            )

@@ -170,6 +170,9 @@ class Supervisor:
                 and address.held
                 and address.epoch == placement.epoch
                 and (intent is None or intent.admin == "run")
+                # address-only: away from its preferred node the group only holds the address,
+                # so clients are refused at once and go to another instance of the service
+                and (group.on_failover == "restart" or self.node == group.preferred)
                 and (group.name in self.runs or not self.running_elsewhere(group.name))
             ):
                 out[group.name] = placement.epoch

@@ -6,6 +6,7 @@ the current placements) and the decisions expected, one line each.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ def snapshot(raw: dict[str, Any]) -> Snapshot:
                 blocked_by=c.get("blocked_by"),
                 moving_to=c.get("moving_to"),
                 switchover_id=c.get("switchover_id", 0),
+                switching=c.get("switching", True),
+                enable_id=c.get("enable_id", 0),
             )
             for g, c in (raw.get("current") or {}).items()
         },
@@ -43,6 +46,7 @@ def snapshot(raw: dict[str, Any]) -> Snapshot:
         settled=raw.get("settled", True),
         now=raw.get("now", 0.0),
         intents={g: Intent(g, **i) for g, i in (raw.get("intents") or {}).items()},
+        up_since=raw.get("up_since") or {},
     )
 
 
@@ -65,8 +69,8 @@ def test_decisions_reach_a_fixed_point() -> None:
         snap = snapshot(yaml.safe_load(path.read_text()))
         current = dict(snap.current)
         for _ in range(2):
-            step = Snapshot(snap.spec, snap.up, current, {}, snap.settled, snap.now, snap.intents)
+            step = dataclasses.replace(snap, current=current, held_by={})
             for p in decide(step):
                 current[p.group] = p
-        again = Snapshot(snap.spec, snap.up, current, {}, snap.settled, snap.now, snap.intents)
+        again = dataclasses.replace(snap, current=current, held_by={})
         assert decide(again) == [], path.name
