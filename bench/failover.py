@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -65,9 +66,9 @@ _SERVED = re.compile(r"served by (\S+) group \S+ pid (\d+)")
 Log = Callable[[str], None]
 
 
-def bench_spec(timing: Timing, nodes: int = 2) -> ClusterSpec:
-    """The lab's generated cluster (one group), with ``timing``; robust to new schema fields."""
-    raw = msgspec.to_builtins(generated(nodes, groups=1))
+def bench_spec(timing: Timing, nodes: int = 2, groups: int = 1) -> ClusterSpec:
+    """The lab's generated cluster with ``timing``; robust to new schema fields."""
+    raw = msgspec.to_builtins(generated(nodes, groups=groups))
     raw["cluster"]["timing"] = {"heartbeat": timing.heartbeat, "lease": timing.lease}
     for group in raw["groups"]:
         if isinstance(group.get("restart"), dict) and "window" in group["restart"]:
@@ -111,9 +112,9 @@ CRASH_HOPS = ("exit seen", "restart", "first served")
 class LabBench:
     """A lab with one timing set, a host connection and an event recorder."""
 
-    def __init__(self, prefix: str, timing: Timing, log: Log) -> None:
+    def __init__(self, prefix: str, timing: Timing, log: Log, nodes: int = 2, groups: int = 1) -> None:
         self.lab = Lab(prefix)
-        self.spec = bench_spec(timing)
+        self.spec = bench_spec(timing, nodes, groups)
         self.timing = timing
         self.log = log
         self.recorder = Recorder()
@@ -229,7 +230,21 @@ class LabBench:
             lambda: r.find(AddressReleased, t, lambda e: e.node == node and e.group == GROUP), 5
         )
         await status_wait(self.bus, lambda v: all(n.state == "up" for n in v.nodes), 30)
+        # The failover landed on the last node of a two-node list, which disables switching
+        # (Serviceguard's rule) until an operator re-enables it: do what the operator does.
+        rc, out = await self.cli("enable", GROUP)
+        if rc != 0 and "invalid choice" not in out:
+            raise LabError(f"vigil enable {GROUP} failed: {out.strip()}")
         await asyncio.sleep(1.0)  # its supervisor's caches are warm too
+
+    async def cli(self, *args: str) -> tuple[int, str]:
+        """``vigil ARGS --nats <the lab's door>``, as an operator would type it."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", *args, "--nats", self.state.host_url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode(errors="replace")
 
     # -- app crash --------------------------------------------------------------------------
     async def app_crash(self) -> AppCrashRun:

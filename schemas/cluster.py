@@ -100,10 +100,24 @@ class Group(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return [self.preferred, *self.possible]
 
 
+class Service(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What clients use (Oracle's services): offered by its ``preferred`` groups in normal mode;
+    when one fails or is halted, it resumes on an ``available`` group."""
+
+    name: str
+    preferred: list[str]
+    available: list[str] = msgspec.field(default_factory=list)
+    failback: Literal["manual", "auto"] = "manual"
+
+
 class ClusterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cluster: Cluster
     nodes: list[Node]
     groups: list[Group] = msgspec.field(default_factory=list)
+    services: list[Service] = msgspec.field(default_factory=list)
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
 
     def group(self, name: str) -> Group | None:
         return next((g for g in self.groups if g.name == name), None)

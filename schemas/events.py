@@ -140,22 +140,28 @@ class IntentChanged(Event, frozen=True, kw_only=True, tag="intent_changed"):
 
 
 class ServiceUp(Event, frozen=True, kw_only=True, tag="service_up"):
-    """The group serves on ``node`` (Oracle FAN's UP)."""
+    """``service`` is offered by ``group`` on ``node`` at ``address`` (Oracle FAN's UP). Every
+    group is also a service of its own name; named services come from the cluster file."""
 
     group: str
     node: str
     address: str
     epoch: int
+    service: str = ""  # "" on events from before services existed: the group itself
+    status: str = "up"
 
 
 class ServiceDown(Event, frozen=True, kw_only=True, tag="service_down"):
-    """The group stopped serving on ``node``; ``reason`` is ``failure`` or ``user``."""
+    """``service`` is no longer offered by ``group`` on ``node``; ``reason`` is ``failure``,
+    ``user`` (an operator's halt or move) or ``dependency`` (the service moved elsewhere)."""
 
     group: str
     node: str
     address: str
     epoch: int
     reason: str
+    service: str = ""
+    status: str = "down"
 
 
 AnyEvent = (

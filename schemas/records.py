@@ -44,6 +44,14 @@ class Placement(msgspec.Struct, frozen=True):
     enable_id: int = 0  # the last Intent.enable_id applied
 
 
+class ServiceRecord(msgspec.Struct, frozen=True):
+    """Bucket ``services``, key = service name. Written by placement: the groups offering it."""
+
+    name: str
+    members: list[str]
+    epoch: int
+
+
 Admin = Literal["run", "halted", "offline"]
 
 

@@ -243,6 +243,32 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    from .endpoints import Endpoint, endpoints
+
+    async def go() -> list[Endpoint]:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            return await endpoints(bus, args.service)
+        finally:
+            await bus.close()
+
+    try:
+        live = asyncio.run(go())
+    except LookupError as exc:
+        return fail(str(exc.args[0]))
+    except Exception as exc:
+        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+    if args.output == "json":
+        print(msgspec.json.encode(live).decode())
+    elif not live:
+        print(f"service {args.service}: no live endpoint")
+    else:
+        for e in live:
+            print(f"{e.address:<16} {e.group:<12} {e.node}")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from .up import up
 
@@ -344,6 +370,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", choices=["table", "json"], default="table")
     s.set_defaults(func=cmd_status, prefix="vlab")
 
+    ep = with_nats(sub.add_parser("endpoints", help="live endpoints of a service"))
+    ep.add_argument("service")
+    ep.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    ep.set_defaults(func=cmd_endpoints, prefix="vlab")
     ev = with_nats(sub.add_parser("events", help="what happened: the event history"))
     ev.add_argument("--since", help="only events younger than this, e.g. 10m")
     ev.add_argument("-f", "--follow", action="store_true", help="keep printing new events")

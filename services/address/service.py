@@ -20,7 +20,7 @@ from schemas.events import (
 )
 from schemas.records import AddressStatus, AppStatus, Placement
 
-from ..core.bus import Bus, encode, get_record, kv
+from ..core.bus import Bus, all_records, encode, get_record, kv
 from ..core.clusterconfig import ConfigSource
 from ..core.kvcache import KVCache
 from ..core.runner import every
@@ -48,6 +48,9 @@ class AddressService:
         self.config = ConfigSource(bus)
         self.dirty = asyncio.Event()
         self.held: dict[str, int] = {}  # group -> epoch we acquired it at
+        # Addresses this node holds or held, by group, as it last announced them: a group that
+        # left the cluster file still has its address released (and fenced until then).
+        self.remembered: dict[IPv4Interface, str] = {}
         self.fence_expiry = 0.0  # monotonic time our current lease lapses
         self.fence: Fence | None = None
         self.netlink: Netlink | None = None
@@ -61,9 +64,8 @@ class AddressService:
 
     def managed(self) -> dict[IPv4Interface, str]:
         spec = self.config.spec
-        if spec is None:
-            return {}
-        return {IPv4Interface(g.address): g.name for g in spec.groups}
+        current = {IPv4Interface(g.address): g.name for g in spec.groups} if spec else {}
+        return {**self.remembered, **current}
 
     async def run(self) -> None:
         s = self.bus.subjects
@@ -80,6 +82,11 @@ class AddressService:
         mark = lambda _key: self.dirty.set()  # noqa: E731
         observed = await kv(self.bus, s.bucket_observed)
         self.observed = observed
+        for status in (
+            await all_records(observed, AddressStatus, f"address.{self.node}.")
+        ).values():
+            if status.held:
+                self.remembered[IPv4Interface(status.address)] = status.group
         self.placement_bucket = await kv(self.bus, s.bucket_placement)
         self.placements = KVCache(self.placement_bucket, Placement, on_change=mark)
         self.apps = KVCache(observed, AppStatus, keys=f"app.{self.node}.>", on_change=mark)
@@ -244,6 +251,7 @@ class AddressService:
             self.dirty.set()
             return
         self.held[action.group] = action.epoch
+        self.remembered[action.address] = action.group
         # Lease first, then the address: the address must answer the moment it exists.
         await self.renew_fence(self.fence_expiry)
         await asyncio.to_thread(self.netlink.add, action.address)
@@ -266,6 +274,7 @@ class AddressService:
         assert self.netlink is not None and self.fence is not None
         epoch = self.held.pop(action.group, 0)
         await asyncio.to_thread(self.netlink.remove, action.address)
+        self.remembered.pop(action.address, None)
         await self.renew_fence(self.fence_expiry)
         log.info("released %s of %s", action.address, action.group)
         placement = self.placements.get(action.group)

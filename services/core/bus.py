@@ -74,7 +74,8 @@ class Bus:
         source = f"{service}@{name or socket.gethostname()}"
 
         async def on_error(exc: Exception) -> None:
-            log.warning("nats: %s", exc)
+            # A service logs its connection trouble; a command line reports it once, itself.
+            log.log(logging.WARNING if persistent else logging.DEBUG, "nats: %s", exc)
 
         nc = await nats.connect(
             servers=urls,

@@ -178,6 +178,30 @@ def validate(spec: ClusterSpec) -> None:
             _validate_monitor(monitor, f"{at}.monitors[{j}]")
         if group.restart.max < 0:
             raise ConfigError(f"{at}.restart.max", "must be 0 or more")
+    services: set[str] = set()
+    for i, service in enumerate(spec.services):
+        at = f"services[{i}]"
+        if not _NAME.match(service.name):
+            raise ConfigError(f"{at}.name", f"invalid name {service.name!r} (use a-z, 0-9, -, _)")
+        if service.name in services:
+            raise ConfigError(f"{at}.name", f"duplicate service {service.name!r}")
+        if service.name in groups:
+            raise ConfigError(
+                f"{at}.name",
+                f"{service.name!r} is a group's name (every group "
+                "is already a service of its own name)",
+            )
+        services.add(service.name)
+        if not service.preferred:
+            raise ConfigError(f"{at}.preferred", "at least one group is required")
+        seen_groups: set[str] = set()
+        for key in ("preferred", "available"):
+            for j, name in enumerate(getattr(service, key)):
+                if name not in groups:
+                    raise ConfigError(f"{at}.{key}[{j}]", f"unknown group {name!r}")
+                if name in seen_groups:
+                    raise ConfigError(f"{at}.{key}[{j}]", f"group {name!r} is listed twice")
+                seen_groups.add(name)
 
 
 def _validate_app(app: App, at: str) -> None:

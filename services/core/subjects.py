@@ -99,6 +99,10 @@ class Subjects:
         return f"{self.root}_observed"
 
     @property
+    def bucket_services(self) -> str:
+        return f"{self.root}_services"
+
+    @property
     def bucket_intents(self) -> str:
         return f"{self.root}_intents"
 

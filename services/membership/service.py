@@ -50,10 +50,17 @@ class Membership:
         names = [n.name for n in self.config.spec.nodes]
         if self.leases is None:
             self.leases = Leases(timing.lease)
-            records = await all_records(self.nodes, NodeRecord)
-            self.leases.assume_up(
-                [n for n, r in records.items() if r.state == "up" and n in names], time.monotonic()
-            )
+        # Nodes recorded up that we do not track yet (our first start, or a node put back in the
+        # file) get a full lease from now: silent ones are then declared lost, not forgotten.
+        records = await all_records(self.nodes, NodeRecord)
+        self.leases.assume_up(
+            [
+                n
+                for n, r in records.items()
+                if r.state == "up" and n in names and n not in self.leases.last_seen
+            ],
+            time.monotonic(),
+        )
         self.leases.lease = timing.lease
         self.leases.forget(names)
         log.info(

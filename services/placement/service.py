@@ -23,15 +23,25 @@ from schemas.events import (
     NodeJoined,
     NodeLost,
     PlacementDecided,
+    ServiceDown,
     SwitchingDisabled,
 )
-from schemas.records import AddressStatus, Intent, NodeRecord, NodeState, Placement
+from schemas.records import (
+    AddressStatus,
+    AppStatus,
+    Intent,
+    NodeRecord,
+    NodeState,
+    Placement,
+    ServiceRecord,
+)
 
 from ..core.bus import Bus, encode, ensure_stream, get_record, kv
 from ..core.clusterconfig import ConfigSource
 from ..core.kvcache import KVCache
 from ..core.runner import every
 from ..core.subjects import address_key
+from .offering import members
 from .rules import Snapshot, decide
 
 log = logging.getLogger(__name__)
@@ -82,9 +92,11 @@ class PlacementService:
         self.placement_bucket: KeyValue = await kv(self.bus, s.bucket_placement)
         self.nodes = KVCache(await kv(self.bus, s.bucket_nodes), NodeRecord, on_change=mark)
         self.placements = KVCache(self.placement_bucket, Placement, on_change=mark)
-        self.addresses = KVCache(
-            await kv(self.bus, s.bucket_observed), AddressStatus, keys="address.>", on_change=mark
-        )
+        observed = await kv(self.bus, s.bucket_observed)
+        self.addresses = KVCache(observed, AddressStatus, keys="address.>", on_change=mark)
+        self.apps = KVCache(observed, AppStatus, keys="app.>", on_change=mark)
+        self.services_bucket = await kv(self.bus, s.bucket_services)
+        self.services = KVCache(self.services_bucket, ServiceRecord, on_change=mark)
         await self.bus.subscribe(s.all_node_events, (NodeJoined, NodeLost), self.on_node)
         await self.bus.subscribe(
             s.all_address_events(), (AddressAcquired, AddressReleased), self.on_address
@@ -101,6 +113,8 @@ class PlacementService:
                 ("placement", self.placements),
                 ("addresses", self.addresses),
                 ("intents", self.intents),
+                ("apps", self.apps),
+                ("services", self.services),
             ):
                 tg.create_task(cache.run(), name=f"watch-{name}")
             tg.create_task(every(RESYNC, self.tick), name="resync")
@@ -109,6 +123,17 @@ class PlacementService:
     # -- edge triggers: update the local view at once, then reconcile -------------------------
     async def on_node(self, event: NodeJoined | NodeLost) -> None:
         state: NodeState = "lost" if isinstance(event, NodeLost) else "up"
+        cached = self.nodes.get(event.node)
+        if cached is not None and cached.state != state and event.ts < cached.since:
+            # Older than what the bucket says (a replica's late, buffered event): stale.
+            self.bus.drop(
+                self.bus.subjects.node_lost(event.node)
+                if state == "lost"
+                else self.bus.subjects.node_joined(event.node),
+                f"stale: node {event.node} {state} at {event.ts}, bucket says "
+                f"{cached.state} since {cached.since}",
+            )
+            return
         rev = self.nodes.revision(event.node) or 0
         self.nodes.note(event.node, rev, NodeRecord(name=event.node, state=state, since=event.ts))
         self.dirty.set()
@@ -189,7 +214,14 @@ class PlacementService:
 
     # -- the reconcile: one at a time ---------------------------------------------------------
     async def reconcile_loop(self) -> None:
-        for cache in (self.nodes, self.placements, self.addresses, self.intents):
+        for cache in (
+            self.nodes,
+            self.placements,
+            self.addresses,
+            self.intents,
+            self.apps,
+            self.services,
+        ):
             await cache.ready.wait()
         while True:
             await self.dirty.wait()
@@ -231,6 +263,61 @@ class PlacementService:
             return
         for decision in decide(snap):
             await self.commit(decision, snap.current.get(decision.group))
+        await self.reconcile_services()
+
+    async def reconcile_services(self) -> None:
+        """Which groups offer each service: the groups whose app runs where they are placed."""
+        spec = self.config.spec
+        if spec is None:
+            return
+        placements = self.placements.values()
+        serving = {
+            a.group
+            for a in self.apps.values().values()
+            if a.running and (p := placements.get(a.group)) is not None and p.node == a.node
+        }
+        for service in spec.services:
+            current = self.services.get(service.name)
+            new = members(service, serving, current.members if current else None)
+            if current is not None and current.members == new:
+                continue
+            record = ServiceRecord(service.name, new, (current.epoch if current else 0) + 1)
+            try:
+                if current is None:
+                    revision = await self.services_bucket.create(service.name, encode(record))
+                else:
+                    last = self.services.revision(service.name) or 0
+                    revision = await self.services_bucket.update(
+                        service.name, encode(record), last=last
+                    )
+            except Exception as exc:
+                log.info("service %s changed under us (%s); will re-read", service.name, exc)
+                continue
+            self.services.note(service.name, revision, record)
+            log.info("service %s offered by %s (epoch %d)", service.name, new, record.epoch)
+            for group in current.members if current else []:
+                if group not in new:
+                    await self.down_for_the_dead(service.name, group, record.epoch)
+
+    async def down_for_the_dead(self, service: str, group: str, epoch: int) -> None:
+        """A lost node cannot say its services went down: say it for it (reason failure)."""
+        up = {n for n, r in self.nodes.values().items() if r.state == "up"}
+        spec = self.config.spec
+        g = spec.group(group) if spec else None
+        for status in self.apps.values().values():
+            if status.group == group and status.running and status.node not in up:
+                await self.bus.publish(
+                    self.bus.subjects.service(service, "down"),
+                    ServiceDown(
+                        **self.bus.stamp(),
+                        service=service,
+                        group=group,
+                        node=status.node,
+                        address=g.address if g else "",
+                        epoch=epoch,
+                        reason="failure",
+                    ),
+                )
 
     async def commit(self, decision: Placement, previous: Placement | None) -> None:
         """Store with compare-and-set; publish only when this replica's write won."""
@@ -260,6 +347,10 @@ class PlacementService:
                 moving_to=decision.moving_to,
             ),
         )
+        if previous is not None and previous.node is not None and previous.node != decision.node:
+            node_state = self.nodes.get(previous.node)
+            if node_state is None or node_state.state != "up":
+                await self.down_for_the_dead(key, key, decision.epoch)
         if previous is not None and previous.switching and not decision.switching:
             await self.switching_disabled(decision)
 

@@ -58,6 +58,7 @@ class GroupRun:
     halting: asyncio.Event = field(default_factory=asyncio.Event)
     state: str = "starting"
     app: AppProcess | None = None
+    exit_code: int | None = None
 
     @property
     def name(self) -> str:
@@ -225,7 +226,7 @@ class GroupRun:
         """Stop the app; a reason if anything of it survived."""
         app = self.group.app
         if self.app is not None:
-            await self.app.stop(app.stop_timeout)
+            self.exit_code = await self.app.stop(app.stop_timeout)
             survived = self.app.survivors()
             self.app = None
             return "processes survived SIGKILL" if survived else None
@@ -268,4 +269,4 @@ class GroupRun:
             await self.reporter.stop_failed(self.name, self.epoch, survived)
         else:
             self.state = "stopped"
-            await self.reporter.app_stopped(self.name, self.epoch, None)
+            await self.reporter.app_stopped(self.name, self.epoch, self.exit_code)

@@ -24,7 +24,14 @@ from schemas.events import (
     ServiceDown,
     ServiceUp,
 )
-from schemas.records import AddressStatus, AppStatus, Intent, NodeRecord, Placement
+from schemas.records import (
+    AddressStatus,
+    AppStatus,
+    Intent,
+    NodeRecord,
+    Placement,
+    ServiceRecord,
+)
 
 from ..core.bus import Bus, encode, kv
 from ..core.clusterconfig import ConfigSource
@@ -49,6 +56,8 @@ class Supervisor:
         self.runs: dict[str, GroupRun] = {}
         self.trackers: dict[str, RestartTracker] = {}
         self.pending_down: dict[str, int] = {}  # group -> epoch: service down after the release
+        self.offered: dict[tuple[str, str], int] = {}  # (service, group) offered here -> epoch
+        self.down_reason: dict[str, str] = {}  # group -> why its services go down here
         self.tg: asyncio.TaskGroup | None = None
 
     def log_path(self, group: str) -> Path:
@@ -65,6 +74,9 @@ class Supervisor:
         self.apps = KVCache(self.observed, AppStatus, keys="app.>", on_change=mark)
         self.nodes = KVCache(await kv(self.bus, s.bucket_nodes), NodeRecord, on_change=mark)
         self.intents = KVCache(await kv(self.bus, s.bucket_intents), Intent, on_change=mark)
+        self.services = KVCache(
+            await kv(self.bus, s.bucket_services), ServiceRecord, on_change=mark
+        )
         await self.config.refresh()
         await self.forget_previous_life()
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
@@ -82,6 +94,7 @@ class Supervisor:
                 tg.create_task(self.apps.run(), name="watch-apps")
                 tg.create_task(self.nodes.run(), name="watch-nodes")
                 tg.create_task(self.intents.run(), name="watch-intents")
+                tg.create_task(self.services.run(), name="watch-services")
                 tg.create_task(every(1.0, self.tick), name="resync")
                 tg.create_task(self.reconcile_loop(), name="reconcile")
         finally:
@@ -140,7 +153,14 @@ class Supervisor:
 
     # -- reconcile -----------------------------------------------------------------------------
     async def reconcile_loop(self) -> None:
-        for cache in (self.placements, self.addresses, self.apps, self.nodes, self.intents):
+        for cache in (
+            self.placements,
+            self.addresses,
+            self.apps,
+            self.nodes,
+            self.intents,
+            self.services,
+        ):
             await cache.ready.wait()
         while True:
             await self.dirty.wait()
@@ -193,12 +213,52 @@ class Supervisor:
         wanted = self.wanted()
         for name, run in self.runs.items():
             if name not in wanted:
+                self.down_reason.setdefault(name, "user")
                 await run.halt()
             else:
                 run.epoch = wanted[name]
         for name, epoch in wanted.items():
             if name not in self.runs:
                 self.begin(name, epoch)
+        await self.announce_services()
+
+    async def announce_services(self) -> None:
+        """FAN events for named services, from the node where it happens: a service is offered
+        here while one of its member groups runs here."""
+        running = {n: r for n, r in self.runs.items() if r.state == "running"}
+        now: dict[tuple[str, str], int] = {}
+        for record in self.services.values().values():
+            for group in record.members:
+                if group in running:
+                    now[(record.name, group)] = running[group].epoch
+        for (service, group), epoch in sorted(now.items()):
+            if (service, group) not in self.offered:
+                await self.bus.publish(
+                    self.bus.subjects.service(service, "up"),
+                    ServiceUp(
+                        **self.bus.stamp(),
+                        service=service,
+                        group=group,
+                        node=self.node,
+                        address=self.address_of(group),
+                        epoch=epoch,
+                    ),
+                )
+        for (service, group), epoch in sorted(self.offered.items()):
+            if (service, group) not in now:
+                await self.bus.publish(
+                    self.bus.subjects.service(service, "down"),
+                    ServiceDown(
+                        **self.bus.stamp(),
+                        service=service,
+                        group=group,
+                        node=self.node,
+                        address=self.address_of(group),
+                        epoch=epoch,
+                        reason=self.down_reason.get(group, "dependency"),
+                    ),
+                )
+        self.offered = now
 
     def begin(self, name: str, epoch: int) -> None:
         spec = self.config.spec
@@ -248,7 +308,10 @@ class Supervisor:
     def address_of(self, group: str) -> str:
         spec = self.config.spec
         g = spec.group(group) if spec else None
-        return g.address if g else ""
+        if g is not None:
+            return g.address
+        run = self.runs.get(group)  # a group that just left the cluster file
+        return run.env["VIGIL_ADDRESS_CIDR"] if run else ""
 
     async def put_status(
         self,
@@ -287,10 +350,13 @@ class Supervisor:
         )
 
     async def service_up(self, group: str, epoch: int) -> None:
+        self.down_reason.pop(group, None)
+        self.dirty.set()  # named services offered by this group come up with it
         await self.bus.publish(
             self.bus.subjects.service(group, "up"),
             ServiceUp(
                 **self.bus.stamp(),
+                service=group,
                 group=group,
                 node=self.node,
                 address=self.address_of(group),
@@ -303,6 +369,7 @@ class Supervisor:
             self.bus.subjects.service(group, "down"),
             ServiceDown(
                 **self.bus.stamp(),
+                service=group,
                 group=group,
                 node=self.node,
                 address=self.address_of(group),
@@ -327,9 +394,11 @@ class Supervisor:
                 final=final,
             ),
         )
+        self.down_reason[group] = "failure"
         if not final:
             await self.service_down(group, epoch, "failure")
         await self.put_status(group, running=False, epoch=epoch)
+        self.dirty.set()
 
     async def app_stopped(self, group: str, epoch: int, code: int | None) -> None:
         log.info("stopped %s (epoch %d)", group, epoch)

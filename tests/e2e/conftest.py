@@ -25,6 +25,7 @@ import ctypes
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import struct
@@ -42,7 +43,7 @@ import pytest
 
 from services.cli import EXAMPLE
 from services.core.config import load_file
-from services.lab.lab import Lab, LabState
+from services.lab.lab import Lab, LabState, lab_dir
 from services.lab.netns import namespaces, pids_in
 
 T = TypeVar("T")
@@ -65,9 +66,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # -- incremental classes (one lab, one story, several steps) -------------------------------------
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """Remember on the class which step failed (an expected failure, xfail, does not count)."""
     if (
-        "incremental" in item.keywords
-        and call.excinfo is not None
+        call.excinfo is not None
+        and call.when in ("setup", "call")
         and call.excinfo.typename not in ("Skipped", "XFailed")
         and item.get_closest_marker("xfail") is None
         and item.parent is not None
@@ -470,8 +472,8 @@ class Prefix:
             self.pids.update(pids_in(ns))
 
 
-def lab_teardown(prefix: Prefix) -> None:
-    """Resume, remove, and prove nothing is left."""
+def lab_teardown(prefix: Prefix, keep_logs: bool = True) -> None:
+    """Resume, remove, and prove nothing is left; the lab's logs stay only if asked to."""
     prefix.note_pids()
     for ns in prefix.namespaces():  # a frozen (SIGSTOPped) process must not outlive us
         signal_all(pids_in(ns), signal.SIGCONT)
@@ -482,17 +484,23 @@ def lab_teardown(prefix: Prefix) -> None:
     survivors = [pid for pid in sorted(prefix.pids) if alive(pid)]
     assert not survivors, f"lab {prefix.name} left processes alive: {survivors}"
     assert LabState.load(prefix.name) is None, "lab state file left behind"
+    if not keep_logs:
+        shutil.rmtree(lab_dir(prefix.name), ignore_errors=True)
 
 
 @pytest.fixture(scope="class")
-def lab_prefix() -> Iterator[Prefix]:
-    """A fresh prefix; whatever lab runs under it is torn down and checked at the end."""
+def lab_prefix(request: pytest.FixtureRequest) -> Iterator[Prefix]:
+    """A fresh prefix; whatever lab runs under it is torn down and checked at the end. Its logs
+    (``/run/vigil/<prefix>``) are kept only when a test of the class failed."""
     netns_gate()
     prefix = Prefix(f"ve2e{secrets.token_hex(3)}")
     try:
         yield prefix
     finally:
-        lab_teardown(prefix)
+        failed = getattr(request.node, "_failed_step", None)
+        lab_teardown(prefix, keep_logs=failed is not None)
+        if failed is not None:
+            print(f"\nlab {prefix.name}: logs kept in {lab_dir(prefix.name)} ({failed} failed)")
 
 
 @dataclass

@@ -134,11 +134,11 @@ class Recorder:
             raise AssertionError(f"unexpected event: {event!r}")
 
 
-def of(kind: type[Event], subject: str | None = None, **fields: Any) -> Predicate:
-    """A predicate: an event of ``kind`` (on ``subject``) whose fields equal ``fields``."""
+def of(cls: type[Event], subject: str | None = None, /, **fields: Any) -> Predicate:
+    """A predicate: an event of type ``cls`` (on ``subject``) whose fields equal ``fields``."""
 
     def pred(s: str, e: Event) -> bool:
-        if not isinstance(e, kind) or (subject is not None and s != subject):
+        if not isinstance(e, cls) or (subject is not None and s != subject):
             return False
         return all(getattr(e, k) == v for k, v in fields.items())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -32,7 +33,7 @@ async def test_stop_kills_an_app_that_ignores_sigterm_and_its_children(tmp_path:
     deadline = time.monotonic() + 10
     while not log.read_text().strip():
         assert time.monotonic() < deadline, "the app never started its child"
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
     child = int(log.read_text().split()[0])
     started = time.monotonic()
     code = await app.stop(timeout=0.3)
@@ -42,7 +43,7 @@ async def test_stop_kills_an_app_that_ignores_sigterm_and_its_children(tmp_path:
     deadline = time.monotonic() + 5
     while alive(child):
         assert time.monotonic() < deadline, "a child of the app survived its stop"
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
 
 
 async def test_environment_reaches_the_app(tmp_path: Path) -> None:

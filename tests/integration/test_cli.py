@@ -199,11 +199,6 @@ async def test_status_of_a_root_with_nothing_applied(nats_url: str, subjects: Su
     assert json.loads(result.stdout) == {"cluster": None, "nodes": [], "groups": []}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bus.py's error_cb logs every failed connect attempt; the CLI sets up no "
-    "logging, so logging's last-resort handler adds 'nats: ...' lines to stderr",
-)
 async def test_apply_without_nats_fails_with_one_line(tmp_path: Path, subjects: Subjects) -> None:
     nowhere = f"nats://127.0.0.1:{embedded.free_port()}"  # nothing listens there
     path = cluster_file(tmp_path, "good.yaml", GOOD)

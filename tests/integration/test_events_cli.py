@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -31,7 +32,8 @@ async def test_history_is_kept_and_printed(nats_url: str, subjects: Subjects) ->
     finally:
         await bus.close()
     env = {**os.environ, "VIGIL_ROOT": subjects.root}
-    proc = subprocess.run(
+    proc = await asyncio.to_thread(
+        subprocess.run,
         [
             sys.executable,
             "-m",

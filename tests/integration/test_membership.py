@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -137,11 +136,6 @@ async def test_two_replicas_publish_each_transition_once(
     assert {e.source for _, e in rec.events} <= {m.bus.source for m in replicas}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Membership.reload only seeds leases from the nodes bucket once; a node "
-    "re-added to the file while recorded 'up' is never watched, so it is never declared lost",
-)
 async def test_a_node_dropped_from_the_file_and_readded_while_dead_is_lost(
     client: Client, services: Services, subjects: Subjects
 ) -> None:

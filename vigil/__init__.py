@@ -1,0 +1,1 @@
+"""Vigil's public Python API for applications: ``vigil.client``."""
