@@ -36,6 +36,8 @@ from schemas.events import (
     AddressReleased,
     AppFailed,
     AppStarted,
+    AppStopped,
+    IntentChanged,
     NodeJoined,
     NodeLost,
     PlacementDecided,
@@ -105,6 +107,27 @@ class AppCrashRun:
     error: str | None = None
 
 
+@dataclass
+class SwitchRun:
+    source: str
+    target: str
+    t_request: float
+    gap_s: float | None = None  # last answer from the old node -> first from the new one
+    total_s: float | None = None  # operator's request -> first answer from the new node
+    marks: dict[str, float] = field(default_factory=dict)  # event -> s after the intent
+    failures: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    missing: bool = False  # the command does not exist (yet)
+
+
+SWITCH_MARKS = (
+    "app stopped (old)",
+    "address released (old)",
+    "placed (new)",
+    "address acquired (new)",
+    "app started (new)",
+    "first served (new)",
+)
 NODE_HOPS = ("detection", "decision", "address", "app", "first served")
 CRASH_HOPS = ("exit seen", "restart", "first served")
 
@@ -296,6 +319,59 @@ def fresh(lab: Lab) -> None:
     shutil.rmtree(lab.dir, ignore_errors=True)
 
 
+async def _switchover(lb: LabBench) -> SwitchRun:
+    probe, reader = await lb.probe()
+    try:
+        first = await probe.until(lambda a: served_by(a) is not None, 20, "a first answer")
+        sb = served_by(first)
+        assert sb is not None
+        source = sb[0]
+        target = next(n for n in lb.state.nodes if n != source)
+        await asyncio.sleep(0.3)
+        t0 = time.time()
+        run = SwitchRun(source, target, t0)
+        rc, out = await lb.cli("switchover", GROUP, "--to", target)
+        if rc != 0:
+            run.missing = "invalid choice" in out
+            run.error = out.strip().splitlines()[-1] if out.strip() else f"exit {rc}"
+            return run
+        try:
+            after = await probe.until(
+                lambda a: a.t > t0 and (s := served_by(a)) is not None and s[0] == target,
+                30,
+                "an answer from the switchover's target",
+            )
+        except LabError as exc:
+            run.error = str(exc)
+            return run
+        await asyncio.sleep(0.2)
+    finally:
+        await lb.stop_probe(probe, reader)
+    olds = [a.t for a in probe.answers if a.t < after.t and (s := served_by(a)) and s[0] == source]
+    last_old = max(olds, default=t0)
+    run.gap_s = after.t - last_old
+    run.total_s = after.t - t0
+    run.failures = dict(Counter(a.text for a in probe.answers if last_old < a.t < after.t and not a.ok))
+    r = lb.recorder
+    intent = r.find(IntentChanged, t0, lambda e: e.group == GROUP)
+    if intent is None:
+        run.error = "no intent_changed event"
+        return run
+    g = lambda e: e.group == GROUP  # noqa: E731
+    found = [
+        r.find(AppStopped, t0, lambda e: g(e) and e.node == source),
+        r.find(AddressReleased, t0, lambda e: g(e) and e.node == source),
+        r.find(PlacementDecided, t0, lambda e: g(e) and e.node == target),
+        r.find(AddressAcquired, t0, lambda e: g(e) and e.node == target),
+        r.find(AppStarted, t0, lambda e: g(e) and e.node == target),
+    ]
+    times = [ts(e) if e is not None else float("nan") for e in found] + [after.t]
+    run.marks = {name: t - ts(intent) for name, t in zip(SWITCH_MARKS, times, strict=True)}
+    run.marks["intent (after the command started)"] = ts(intent) - t0
+    await asyncio.sleep(0.5)
+    return run
+
+
 async def status_wait(bus: Bus, ok: Callable[[status_mod.StatusView], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not ok(await status_mod.read(bus)):
@@ -311,12 +387,13 @@ class FailoverResult:
     lab_up_s: float
     node_loss: list[NodeLossRun]
     app_crash: list[AppCrashRun]
+    switchover: list[SwitchRun]
     idle: dict[str, Usage]
     restart_policy: str
 
 
 async def run_timing(
-    prefix: str, name: str, runs_node: int, runs_app: int, idle_s: float, log: Log
+    prefix: str, name: str, runs_node: int, runs_app: int, runs_switch: int, idle_s: float, log: Log
 ) -> FailoverResult:
     timing = TIMINGS[name]
     async with LabBench(prefix, timing, log) as lb:
@@ -339,7 +416,16 @@ async def run_timing(
             crun = await lb.app_crash()
             crash_runs.append(crun)
             log(f"  app crash {i + 1}/{runs_app}: " + describe_crash_run(crun))
-        return FailoverResult(name, timing, lb.up_s, node_runs, crash_runs, idle, policy)
+        switch_runs: list[SwitchRun] = []
+        for i in range(runs_switch):
+            srun = await _switchover(lb)
+            switch_runs.append(srun)
+            log(f"  switchover {i + 1}/{runs_switch}: " + describe_switch_run(srun))
+            if srun.missing:
+                break
+        return FailoverResult(
+            name, timing, lb.up_s, node_runs, crash_runs, switch_runs, idle, policy
+        )
 
 
 def describe_node_run(run: NodeLossRun) -> str:
@@ -348,6 +434,18 @@ def describe_node_run(run: NodeLossRun) -> str:
     hops = " ".join(f"{k}={v * 1000:.0f}" for k, v in run.hops.items())
     return f"kill {run.victim}: served after {run.served_s * 1000:.0f} ms ({hops})" + (
         f" [{run.error}]" if run.error else ""
+    )
+
+
+def describe_switch_run(run: SwitchRun) -> str:
+    if run.gap_s is None or run.total_s is None:
+        return f"{run.source} -> {run.target}: " + (
+            "not implemented" if run.missing else f"ERROR {run.error}"
+        )
+    marks = " ".join(f"{k.split(' (')[0]}={v * 1000:.0f}" for k, v in run.marks.items())
+    return (
+        f"{run.source} -> {run.target}: gap {run.gap_s * 1000:.0f} ms, served on the new node "
+        f"{run.total_s * 1000:.0f} ms after the command ({marks}) {run.failures}"
     )
 
 

@@ -130,6 +130,17 @@ class Alert(Event, frozen=True, kw_only=True, tag="alert"):
     message: str
 
 
+class WatchdogReported(Event, frozen=True, kw_only=True, tag="watchdog"):
+    """The watchdog of a group on ``node``: ``started`` (the app failed or was shut down),
+    ``cleaned`` (it killed what was left), ``stop_failed`` (something survives SIGKILL),
+    ``ready`` (the app can run on this node again)."""
+
+    group: str
+    node: str
+    kind: str
+    detail: str
+
+
 class IntentChanged(Event, frozen=True, kw_only=True, tag="intent_changed"):
     """An operator asked for something: ``admin`` run / halted / offline, or a switchover."""
 
@@ -179,6 +190,7 @@ AnyEvent = (
     | MonitorsStarted
     | MonitorsStopped
     | IntentChanged
+    | WatchdogReported
     | SwitchingDisabled
     | Alert
     | ServiceUp
@@ -200,6 +212,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     MonitorsStarted,
     MonitorsStopped,
     IntentChanged,
+    WatchdogReported,
     SwitchingDisabled,
     Alert,
     ServiceUp,

@@ -59,6 +59,7 @@ class GroupRun:
     state: str = "starting"
     app: AppProcess | None = None
     exit_code: int | None = None
+    last_pgid: int | None = None  # the app's last process group, for the watchdog
 
     @property
     def name(self) -> str:
@@ -157,6 +158,7 @@ class GroupRun:
             except (OSError, KeyError) as exc:
                 raise StartFailed(f"cannot run {app.command.split()[0]}: {exc}") from None
             pid = self.app.pid
+            self.last_pgid = pid
         else:
             assert app.start is not None
             code = await run_to_end(

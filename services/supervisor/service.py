@@ -23,6 +23,7 @@ from schemas.events import (
     PlacementDecided,
     ServiceDown,
     ServiceUp,
+    WatchdogReported,
 )
 from schemas.records import (
     AddressStatus,
@@ -40,6 +41,7 @@ from ..core.runner import every
 from ..core.subjects import address_key, app_key
 from .lifecycle import GroupRun
 from .restarts import RestartTracker
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class Supervisor:
         self.pending_down: dict[str, int] = {}  # group -> epoch: service down after the release
         self.offered: dict[tuple[str, str], int] = {}  # (service, group) offered here -> epoch
         self.down_reason: dict[str, str] = {}  # group -> why its services go down here
+        self.watchdogs: dict[str, asyncio.Task[None]] = {}
         self.tg: asyncio.TaskGroup | None = None
 
     def log_path(self, group: str) -> Path:
@@ -395,6 +398,7 @@ class Supervisor:
             ),
         )
         self.down_reason[group] = "failure"
+        self.spawn_watchdog(group, f"app failed: {reason}")
         if not final:
             await self.service_down(group, epoch, "failure")
         await self.put_status(group, running=False, epoch=epoch)
@@ -405,10 +409,40 @@ class Supervisor:
         # The status goes first: the address service releases only once it reads it.
         await self.put_status(group, running=False, epoch=epoch)
         self.pending_down[group] = epoch
+        self.spawn_watchdog(group, "app shut down")
         await self.bus.publish(
             self.bus.subjects.app(self.node, group, "stopped"),
             AppStopped(
                 **self.bus.stamp(), group=group, node=self.node, epoch=epoch, exit_code=code
+            ),
+        )
+
+    def spawn_watchdog(self, group: str, reason: str) -> None:
+        """One watchdog per group on this node; a newer failure or stop replaces the older."""
+        if self.tg is None:
+            return
+        run = self.runs.get(group)
+        old = self.watchdogs.pop(group, None)
+        if old is not None:
+            old.cancel()
+
+        def banned_until() -> float:
+            placement = self.placements.get(group)
+            return placement.banned.get(self.node, 0.0) if placement else 0.0
+
+        def running_again() -> bool:
+            current = self.runs.get(group)
+            return current is not None and current is not run and current.state == "running"
+
+        dog = Watchdog(group, run.last_pgid if run else None, self, banned_until, running_again)
+        self.watchdogs[group] = self.tg.create_task(dog.run(reason), name=f"watchdog-{group}")
+
+    async def watchdog(self, group: str, kind: str, detail: str) -> None:
+        log.info("watchdog %s: %s (%s)", group, kind, detail)
+        await self.bus.publish(
+            self.bus.subjects.app(self.node, group, f"watchdog_{kind}"),
+            WatchdogReported(
+                **self.bus.stamp(), group=group, node=self.node, kind=kind, detail=detail
             ),
         )
 

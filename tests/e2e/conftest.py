@@ -283,10 +283,12 @@ class Probe:
         )
 
     def servers(self, since: float) -> list[str]:
-        """Who served each successful attempt since ``t``, in order (runs collapsed)."""
+        """Who served the attempts since ``t``, in order (runs collapsed). An attempt whose
+        connection closed before any answer (its server was killed mid-request) names nobody;
+        an answer that is not the demo app's counts as its first 40 characters."""
         out: list[str] = []
         for a in self.since(since):
-            if a.ok:
+            if a.ok and a.body:
                 who = a.body.split()[2] if a.body.startswith("served by ") else a.body[:40]
                 if not out or out[-1] != who:
                     out.append(who)
