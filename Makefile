@@ -53,8 +53,8 @@ test-e2e: setup ## end-to-end tests in network namespaces (root)
 	$(BIN)/pytest -q tests/e2e
 
 lint: setup ## ruff and import-linter
-	$(BIN)/ruff check services schemas tests
-	$(BIN)/ruff format --check services schemas tests
+	$(BIN)/ruff check services schemas vigil tests
+	$(BIN)/ruff format --check services schemas vigil tests
 	$(BIN)/lint-imports
 
 typecheck: setup ## mypy --strict on the product code

@@ -164,6 +164,7 @@ class LabBench:
     # -- helpers --------------------------------------------------------------------------
     async def probe(self) -> tuple[Probe, asyncio.Task[None]]:
         probe = Probe(self.state, self.target)
+        self.probe_command = " ".join(str(a) for a in probe.proc.args)
         return probe, asyncio.create_task(probe.read(), name="probe-reader")
 
     @staticmethod
@@ -390,6 +391,7 @@ class FailoverResult:
     switchover: list[SwitchRun]
     idle: dict[str, Usage]
     restart_policy: str
+    probe_command: str = ""
 
 
 async def run_timing(
@@ -424,7 +426,8 @@ async def run_timing(
             if srun.missing:
                 break
         return FailoverResult(
-            name, timing, lb.up_s, node_runs, crash_runs, switch_runs, idle, policy
+            name, timing, lb.up_s, node_runs, crash_runs, switch_runs, idle, policy,
+            getattr(lb, "probe_command", ""),
         )
 
 

@@ -23,8 +23,14 @@ def render() -> dict[str, str]:
         "events.schema.json": msgspec.json.schema(events.AnyEvent),
     }
     _, components = msgspec.json.schema_components(
-        (records.NodeRecord, records.Placement, records.AddressStatus, records.AppStatus,
-         records.Intent, records.ServiceRecord)
+        (
+            records.NodeRecord,
+            records.Placement,
+            records.AddressStatus,
+            records.AppStatus,
+            records.Intent,
+            records.ServiceRecord,
+        )
     )
     docs["records.schema.json"] = {"$defs": components}
     return {name: json.dumps(doc, indent=2, sort_keys=True) + "\n" for name, doc in docs.items()}
