@@ -135,7 +135,9 @@ CRASH_HOPS = ("exit seen", "restart", "first served")
 class LabBench:
     """A lab with one timing set, a host connection and an event recorder."""
 
-    def __init__(self, prefix: str, timing: Timing, log: Log, nodes: int = 2, groups: int = 1) -> None:
+    def __init__(
+        self, prefix: str, timing: Timing, log: Log, nodes: int = 2, groups: int = 1
+    ) -> None:
         self.lab = Lab(prefix)
         self.spec = bench_spec(timing, nodes, groups)
         self.timing = timing
@@ -164,7 +166,8 @@ class LabBench:
     # -- helpers --------------------------------------------------------------------------
     async def probe(self) -> tuple[Probe, asyncio.Task[None]]:
         probe = Probe(self.state, self.target)
-        self.probe_command = " ".join(str(a) for a in probe.proc.args)
+        args = probe.proc.args
+        self.probe_command = " ".join(map(str, args)) if isinstance(args, list) else str(args)
         return probe, asyncio.create_task(probe.read(), name="probe-reader")
 
     @staticmethod
@@ -220,7 +223,9 @@ class LabBench:
         last_ok = max((a.t for a in probe.answers if a.ok and a.t <= t0), default=t0)
         run.served_s = after.t - t0
         run.outage_s = after.t - last_ok
-        run.failures = dict(Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok))
+        run.failures = dict(
+            Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok)
+        )
         self.hops(run, after.t)
         await self.rejoin(victim)
         return run
@@ -230,7 +235,9 @@ class LabBench:
         lost = r.find(NodeLost, t0, lambda e: e.node == victim)
         decided = r.find(PlacementDecided, t0, lambda e: e.group == GROUP and e.node != victim)
         if lost is None or decided is None:
-            run.error = f"events missing: node_lost={lost is not None} decided={decided is not None}"
+            run.error = (
+                f"events missing: node_lost={lost is not None} decided={decided is not None}"
+            )
             return
         run.silent_for = lost.silent_for
         epoch = decided.epoch
@@ -298,7 +305,9 @@ class LabBench:
         new = served_by(after)
         run.same_node = new is not None and new[0] == node
         run.served_s = after.t - t0
-        run.failures = dict(Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok))
+        run.failures = dict(
+            Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok)
+        )
         r = self.recorder
         failed = r.find(AppFailed, t0, lambda e: e.group == GROUP)
         started = r.find(AppStarted, t0, lambda e: e.group == GROUP)
@@ -306,7 +315,9 @@ class LabBench:
             marks = [t0, ts(failed), ts(started), after.t]
             run.hops = {name: marks[i + 1] - marks[i] for i, name in enumerate(CRASH_HOPS)}
         else:
-            run.error = f"events missing: app_failed={failed is not None} started={started is not None}"
+            run.error = (
+                f"events missing: app_failed={failed is not None} started={started is not None}"
+            )
         # The next crash must be a first failure again: outside the restart window.
         await asyncio.sleep(max(0.0, t0 + RESTART_WINDOW + 0.3 - time.time()))
         return run
@@ -352,13 +363,20 @@ async def _switchover(lb: LabBench) -> SwitchRun:
     last_old = max(olds, default=t0)
     run.gap_s = after.t - last_old
     run.total_s = after.t - t0
-    run.failures = dict(Counter(a.text for a in probe.answers if last_old < a.t < after.t and not a.ok))
+    run.failures = dict(
+        Counter(a.text for a in probe.answers if last_old < a.t < after.t and not a.ok)
+    )
     r = lb.recorder
     intent = r.find(IntentChanged, t0, lambda e: e.group == GROUP)
     if intent is None:
         run.error = "no intent_changed event"
         return run
-    g = lambda e: e.group == GROUP  # noqa: E731
+
+    def g(
+        e: AppStopped | AddressReleased | PlacementDecided | AddressAcquired | AppStarted,
+    ) -> bool:
+        return e.group == GROUP
+
     found = [
         r.find(AppStopped, t0, lambda e: g(e) and e.node == source),
         r.find(AddressReleased, t0, lambda e: g(e) and e.node == source),
@@ -373,7 +391,9 @@ async def _switchover(lb: LabBench) -> SwitchRun:
     return run
 
 
-async def status_wait(bus: Bus, ok: Callable[[status_mod.StatusView], bool], timeout: float) -> None:
+async def status_wait(
+    bus: Bus, ok: Callable[[status_mod.StatusView], bool], timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while not ok(await status_mod.read(bus)):
         if time.monotonic() > deadline:
@@ -399,8 +419,10 @@ async def run_timing(
 ) -> FailoverResult:
     timing = TIMINGS[name]
     async with LabBench(prefix, timing, log) as lb:
-        log(f"  lab {prefix} up in {lb.up_s:.1f} s (heartbeat {timing.heartbeat * 1000:.0f} ms, "
-            f"lease {timing.lease * 1000:.0f} ms)")
+        log(
+            f"  lab {prefix} up in {lb.up_s:.1f} s (heartbeat {timing.heartbeat * 1000:.0f} ms, "
+            f"lease {timing.lease * 1000:.0f} ms)"
+        )
         await asyncio.sleep(1.0)
         idle = await lb.idle_usage(idle_s)
         group = lb.spec.group(GROUP)
@@ -426,13 +448,20 @@ async def run_timing(
             if srun.missing:
                 break
         return FailoverResult(
-            name, timing, lb.up_s, node_runs, crash_runs, switch_runs, idle, policy,
+            name,
+            timing,
+            lb.up_s,
+            node_runs,
+            crash_runs,
+            switch_runs,
+            idle,
+            policy,
             getattr(lb, "probe_command", ""),
         )
 
 
 def describe_node_run(run: NodeLossRun) -> str:
-    if run.error and run.served_s is None:
+    if run.served_s is None:
         return f"kill {run.victim}: ERROR {run.error}"
     hops = " ".join(f"{k}={v * 1000:.0f}" for k, v in run.hops.items())
     return f"kill {run.victim}: served after {run.served_s * 1000:.0f} ms ({hops})" + (

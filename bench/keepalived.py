@@ -117,14 +117,20 @@ class KeepalivedLab:
             "-r", str(d / f"{node}-{self.starts}-vrrp.pid"),
         ]  # fmt: skip
         if self.starts <= len(NODES):
-            self.commands += [f"ip netns exec {ns} {' '.join(ka)}", f"ip netns exec {ns} {' '.join(app)}"]
+            self.commands += [
+                f"ip netns exec {ns} {' '.join(ka)}",
+                f"ip netns exec {ns} {' '.join(app)}",
+            ]
         with (d / f"{node}-app.log").open("ab") as log:
             self.procs[node].append(
                 subprocess.Popen(
                     ["ip", "netns", "exec", ns, *app],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, env=env,
-                )  # fmt: skip
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=env,
+                )
             )
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, *ka],
@@ -212,7 +218,9 @@ class KeepalivedLab:
         last_ok = max((a.t for a in probe.answers if a.ok and a.t <= t0), default=t0)
         run.served_s = after.t - t0
         run.outage_s = after.t - last_ok
-        run.failures = dict(Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok))
+        run.failures = dict(
+            Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok)
+        )
         master = self.master_since(survivor, t0)
         run.master_s = master - t0 if master else None
         await asyncio.to_thread(self.revive, victim)

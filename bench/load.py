@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from nats.aio.msg import Msg
 
 from .failover import TIMINGS, LabBench, Log
+from .machine import loadavg
 from .procstat import Window, cpu_count
 
 PROBE_SLICE = 100.0  # seconds per probe process (the lab's probe stops itself after 120 s)
@@ -59,11 +60,15 @@ async def run_load(prefix: str, timing_name: str, seconds: float, log: Log) -> L
 
         await asyncio.sleep(2.0)
         sub = await lb.bus.nc.subscribe(lb.bus.subjects.all_heartbeats, cb=on_beat)
-        busy = subprocess.Popen(busy_argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        busy = subprocess.Popen(  # noqa: ASYNC220 - starting it is instant; it is never awaited
+            busy_argv, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         window = Window([busy.pid])
         t0 = time.time()
-        log(f"  load: busy loop pid {busy.pid} on CPU {cpu} of {cpu_count()}, "
-            f"{seconds:.0f} s with {timing_name} timing")
+        log(
+            f"  load: busy loop pid {busy.pid} on CPU {cpu} of {cpu_count()}, "
+            f"{seconds:.0f} s with {timing_name} timing"
+        )
         failed: Counter[str] = Counter()
         try:
             end = time.monotonic() + seconds
@@ -74,8 +79,10 @@ async def run_load(prefix: str, timing_name: str, seconds: float, log: Log) -> L
                 result.attempts += len(probe.answers)
                 failed.update(a.text for a in probe.answers if not a.ok)
                 lost = lb.recorder.count(t0).get("NodeLost", 0)
-                log(f"  load: {seconds - max(0.0, end - time.monotonic()):.0f}/{seconds:.0f} s, "
-                    f"node_lost so far {lost}, failed probes {sum(failed.values())}")
+                log(
+                    f"  load: {seconds - max(0.0, end - time.monotonic()):.0f}/{seconds:.0f} s, "
+                    f"node_lost so far {lost}, failed probes {sum(failed.values())}"
+                )
         finally:
             usage = window.usage().get(busy.pid)
             result.busy_pct = usage.cpu_pct if usage else 0.0
@@ -87,6 +94,5 @@ async def run_load(prefix: str, timing_name: str, seconds: float, log: Log) -> L
         result.node_lost = result.events.get("NodeLost", 0)
         result.max_gap_s = dict(sorted(gaps.items()))
         result.failed = dict(failed)
-        with open("/proc/loadavg") as f:
-            result.load_end = " ".join(f.read().split()[:3])
+        result.load_end = loadavg()
     return result

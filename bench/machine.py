@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +71,7 @@ class Facts:
     load_before: str
     load_after: str = ""
     other_namespaces: list[str] = field(default_factory=list)
+    code: str = ""
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -80,6 +83,7 @@ class Facts:
             ("Python", self.python),
             ("keepalived", self.keepalived),
             ("nats-server", self.nats_server),
+            ("Vigil code measured", self.code),
             ("load average before / after", f"{self.load_before} / {self.load_after}"),
             (
                 "other network namespaces on the machine at start",
@@ -106,12 +110,31 @@ def facts(prefix: str) -> Facts:
         kernel=platform.release(),
         debian=_read("/etc/debian_version"),
         python=sys.version.split()[0],
-        keepalived=_run("keepalived", "--version").splitlines()[0] if shutil.which("keepalived")
+        keepalived=_run("keepalived", "--version").splitlines()[0]
+        if shutil.which("keepalived")
         else "not installed",
         nats_server=nats_version,
         memory=mem,
         load_before=loadavg(),
         other_namespaces=[n for n in namespaces() if not n.startswith(prefix)],
+        code=fingerprint(),
+    )
+
+
+def fingerprint() -> str:
+    """Which code the numbers belong to: a hash of every .py file of services/ and schemas/
+    (the tree changes while people work; the bench does not use git)."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(p for d in ("services", "schemas") for p in (root / d).rglob("*.py"))
+    digest = hashlib.sha256()
+    newest = 0.0
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        newest = max(newest, path.stat().st_mtime)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(newest))
+    return (
+        f"sha256 {digest.hexdigest()[:16]} of {len(files)} files in services/ and schemas/ "
+        f"(newest change {when})"
     )
 
 

@@ -45,6 +45,7 @@ from .procstat import Usage, Window
 REPO = Path(__file__).resolve().parent.parent
 NODES_PER_WORKER = 50
 RAISED_MAX_PAYLOAD = "8MB"
+FAILOVER_TIMEOUT = 300.0  # s; a failover still running then is reported as unfinished
 
 
 def scale_spec(nodes: int, groups: int, layout: str, timing: Timing) -> ClusterSpec:
@@ -122,6 +123,8 @@ class Tracker:
 class ScaleRun:
     victim: str
     affected: int
+    replaced: int = 0  # affected groups re-placed by the end of the window
+    acknowledged: int = 0  # ... and acknowledged by their new node
     detection_s: float = math.nan
     first_decided_s: float = math.nan
     all_decided_s: float = math.nan
@@ -200,7 +203,9 @@ class ControlPlane:
         try:
             await store(self.bus, self.spec)
         except Exception as exc:
-            raise ScaleError(f"applying the cluster file failed: {type(exc).__name__}: {exc}") from exc
+            raise ScaleError(
+                f"applying the cluster file failed: {type(exc).__name__}: {exc}"
+            ) from exc
         names = [n.name for n in self.spec.nodes]
         hb = self.spec.cluster.timing.heartbeat
         for w in range(math.ceil(len(names) / NODES_PER_WORKER)):
@@ -247,7 +252,9 @@ class ControlPlane:
 
     # -- control and measurement ------------------------------------------------------------
     async def ctl(self, worker: int, req: dict[str, Any]) -> dict[str, Any]:
-        msg = await self.bus.nc.request(f"vbench.ctl.{worker}", json.dumps(req).encode(), timeout=10)
+        msg = await self.bus.nc.request(
+            f"vbench.ctl.{worker}", json.dumps(req).encode(), timeout=10
+        )
         return dict(json.loads(msg.data))
 
     async def all_workers(self, req: dict[str, Any]) -> list[dict[str, Any]]:
@@ -303,15 +310,21 @@ class ControlPlane:
         else:
             t_lost = ts(lost)
             run.detection_s = t_lost - t_stop
-            decided = [self.tracker.current[g][2] for g in affected]
-            acked = [self.tracker.acked[g][1] for g in affected if g in self.tracker.acked]
+            cur, ack = self.tracker.current, self.tracker.acked
+            moved = [g for g in affected if cur[g][0] not in (None, victim) and cur[g][2] >= t_stop]
+            done = [g for g in moved if g in ack and ack[g][0] == cur[g][1]]
+            run.replaced, run.acknowledged = len(moved), len(done)
+            decided = [cur[g][2] for g in moved]
+            acked = [ack[g][1] for g in done]
             if decided:
                 run.first_decided_s = min(decided) - t_lost
                 run.all_decided_s = max(decided) - t_lost
             if acked and run.error is None:
                 run.all_acked_s = max(acked) - t_lost
         run.events = dict(self.recorder.count(t_stop - 0.05, t_done + 0.5))
-        obs_in = conns1.get("observer", {}).get("out_msgs", 0) - conns0.get("observer", {}).get("out_msgs", 0)
+        obs_in = conns1.get("observer", {}).get("out_msgs", 0) - conns0.get("observer", {}).get(
+            "out_msgs", 0
+        )
         run.server_in = int(varz1["in_msgs"]) - int(varz0["in_msgs"])
         run.server_out = int(varz1["out_msgs"]) - int(varz0["out_msgs"]) - obs_in
         hb = self.spec.cluster.timing.heartbeat
@@ -361,8 +374,10 @@ async def run_case(
                         f"{case.config_bytes / 1e6:.2f} MB, stored as one KV value); "
                         f"measured with max_payload raised to {RAISED_MAX_PAYLOAD}"
                     )
-                    log(f"  {nodes} nodes / {groups} groups: {exc}; retrying with max_payload "
-                        f"{RAISED_MAX_PAYLOAD}")
+                    log(
+                        f"  {nodes} nodes / {groups} groups: {exc}; retrying with max_payload "
+                        f"{RAISED_MAX_PAYLOAD}"
+                    )
                     await cp.stop()
                     max_payload = RAISED_MAX_PAYLOAD
                     case.max_payload = RAISED_MAX_PAYLOAD
@@ -374,17 +389,23 @@ async def run_case(
                 commands.extend(cp.commands)
             if attempt == 0:
                 case.startup_s = startup
-                log(f"  {nodes} nodes / {groups} groups ({layout}): placed and acknowledged "
-                    f"in {startup:.1f} s")
+                log(
+                    f"  {nodes} nodes / {groups} groups ({layout}): placed and acknowledged "
+                    f"in {startup:.1f} s"
+                )
                 await asyncio.sleep(2.0)
                 case.idle = await cp.usage(idle_s)
                 if poll:
-                    before = sum(int(r["polls"]) for r in await cp.all_workers({"op": "poll", "on": True}))
+                    before = sum(
+                        int(r["polls"]) for r in await cp.all_workers({"op": "poll", "on": True})
+                    )
                     t = time.monotonic()
                     v0, _ = await cp.server()
                     case.idle_poll = await cp.usage(idle_s)
                     v1, _ = await cp.server()
-                    after = sum(int(r["polls"]) for r in await cp.all_workers({"op": "poll", "on": False}))
+                    after = sum(
+                        int(r["polls"]) for r in await cp.all_workers({"op": "poll", "on": False})
+                    )
                     dt = time.monotonic() - t
                     case.poll_rate = (after - before) / dt
                     case.poll_bytes_s = (int(v1["out_bytes"]) - int(v0["out_bytes"])) / dt
@@ -392,7 +413,7 @@ async def run_case(
             names = [n.name for n in spec.nodes]
             victims = ["n1"] if layout == "concentrated" else names[0::2][:runs]
             for victim in victims:
-                run = await cp.failover(victim, timeout=60 + groups / 20)
+                run = await cp.failover(victim, timeout=min(FAILOVER_TIMEOUT, 60 + groups / 20))
                 case.runs.append(run)
                 log("  " + describe(case, run))
         except ScaleError as exc:
@@ -407,11 +428,19 @@ async def run_case(
 
 
 def describe(case: ScaleCase, run: ScaleRun) -> str:
-    ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
+    def ms(v: float) -> str:
+        return f"{v * 1000:.0f}"
+
     return (
         f"{case.nodes}n/{case.groups}g {case.layout}: lose {run.victim} ({run.affected} groups): "
-        f"detect {ms(run.detection_s)} ms, re-placed {ms(run.first_decided_s)}..{ms(run.all_decided_s)} ms, "
-        f"acknowledged {ms(run.all_acked_s)} ms after node_lost; events {sum(run.events.values())}, "
+        f"detect {ms(run.detection_s)} ms, "
+        f"re-placed {ms(run.first_decided_s)}..{ms(run.all_decided_s)} ms, "
+        f"acknowledged {ms(run.all_acked_s)} ms after node_lost; "
+        f"events {sum(run.events.values())}, "
         f"server in {run.server_in} (~{run.heartbeats} heartbeats) out {run.server_out}"
-        + (f" [{run.error}]" if run.error else "")
+        + (
+            f" [{run.error}: {run.replaced} re-placed, {run.acknowledged} acknowledged]"
+            if run.error
+            else ""
+        )
     )

@@ -80,7 +80,7 @@ class Sim:
     async def run(self, ctl: str) -> None:
         self.observed = await kv(self.bus, self.s.bucket_observed)
         config = ConfigSource(self.bus)
-        while not await config.refresh():
+        while not await config.refresh():  # noqa: ASYNC110 - polling the bus, not a local flag
             await asyncio.sleep(0.2)
         assert config.spec is not None
         self.addresses = {g.name: g.address for g in config.spec.groups}
@@ -171,7 +171,8 @@ class Sim:
             del agent.held[group]
             address = self.addresses.get(group, "")
             await self.observed.put(
-                app_key(n, group), encode(AppStatus(group=group, node=n, running=False, epoch=epoch))
+                app_key(n, group),
+                encode(AppStatus(group=group, node=n, running=False, epoch=epoch)),
             )
             await self.bus.nc.publish(
                 s.address(n, group, "released"),

@@ -26,7 +26,7 @@ from ..core.kvcache import KVCache
 from ..core.runner import every
 from ..core.subjects import address_key, app_key
 from .fence import Fence
-from .garp import send_gratuitous_arp
+from .garp import GarpDropped, send_gratuitous_arp
 from .netlink import Netlink
 from .plan import Acquire, Release, Want, plan
 
@@ -51,6 +51,7 @@ class AddressService:
         # Addresses this node holds or held, by group, as it last announced them: a group that
         # left the cluster file still has its address released (and fenced until then).
         self.remembered: dict[IPv4Interface, str] = {}
+        self.retry_after_heartbeat = False
         self.fence_expiry = 0.0  # monotonic time our current lease lapses
         self.fence: Fence | None = None
         self.netlink: Netlink | None = None
@@ -132,11 +133,18 @@ class AddressService:
                 )
                 if not await self.bus.round_trip(max(heartbeat, 0.05)):
                     raise TimeoutError(f"no answer from the server within {heartbeat:g}s")
+                # A lease may only be extended while it still holds: once it lapsed (we were
+                # frozen, or cut off) the cluster may have moved our groups, so let go first.
+                if self.held and time.monotonic() >= self.fence_expiry:
+                    await self.drop_all("lease lapsed")
                 # The lease counts from when the heartbeat left, not from now: a slow flush or
                 # a slow nft must shorten the fence, never stretch it (docs/safety.md).
                 expiry = started + ttl
                 await self.renew_fence(expiry)
                 self.fence_expiry = expiry
+                if self.retry_after_heartbeat:
+                    self.retry_after_heartbeat = False
+                    self.dirty.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -152,9 +160,15 @@ class AddressService:
     async def renew_fence(self, expiry: float) -> None:
         """Lease what we hold until ``expiry`` (monotonic); nothing if that is already past."""
         assert self.fence is not None
-        remaining_ms = int((expiry - time.monotonic()) * 1000)
+        before = time.monotonic()
+        remaining_ms = int((expiry - before) * 1000)
         leased = self.leased() if remaining_ms > 0 else []
         await self.fence.renew(leased, max(remaining_ms, 1), self.vips())
+        if leased and time.monotonic() > expiry:
+            # We stalled between reading the clock and nft's commit (a freeze, a starved CPU):
+            # the kernel got a lease that reaches past ``expiry``. Take it back at once.
+            log.error("fence renewal stalled past its own expiry; withdrawing the lease")
+            await self.fence.renew([], 1, self.vips())
 
     def leased(self) -> list[IPv4Address]:
         by_group = {g: a for a, g in self.managed().items()}
@@ -242,6 +256,7 @@ class AddressService:
         assert self.netlink is not None and self.fence is not None
         if not self.in_lease():
             log.info("not acquiring %s: this node holds no lease right now", action.group)
+            self.retry_after_heartbeat = True
             return
         # Read the decision fresh from the bus: a cache can lag behind after a reconnect, and
         # acquiring on a stale decision is how an address ends up on two nodes.
@@ -255,7 +270,20 @@ class AddressService:
         # Lease first, then the address: the address must answer the moment it exists.
         await self.renew_fence(self.fence_expiry)
         await asyncio.to_thread(self.netlink.add, action.address)
-        send_gratuitous_arp(self.netlink.ifname, action.address.ip, count=1)
+        try:
+            send_gratuitous_arp(self.netlink.ifname, action.address.ip, count=1)
+        except GarpDropped:
+            # The fence dropped it: our lease ran out while we were acquiring (a starved CPU).
+            # Undo, and try again once the next heartbeat has renewed the lease.
+            log.warning(
+                "lease ran out while acquiring %s; retrying after the next heartbeat", action.group
+            )
+            self.held.pop(action.group, None)
+            await asyncio.to_thread(self.netlink.remove, action.address)
+            self.retry_after_heartbeat = True
+            return
+        except OSError as exc:  # the address is up and leased: announce it all the same
+            log.warning("gratuitous ARP for %s failed: %s", action.address, exc)
         log.info("acquired %s for %s (epoch %d)", action.address, action.group, action.epoch)
         await self.announce(action.group, action.address, action.epoch, held=True)
         # A second announcement a little later catches a neighbour that missed the first.

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas.events import AnyEvent, Event
@@ -181,28 +181,32 @@ async def ensure_stream(bus: Bus) -> None:
 async def get_record(bucket: KeyValue, key: str, kind: type[T]) -> T | None:
     try:
         entry = await bucket.get(key)
-    except Exception:  # KeyNotFoundError and deleted markers alike
+    except KeyNotFoundError:  # deleted and purged keys too (KeyDeletedError is a subclass)
         return None
     if not entry.value:
         return None
     try:
         return msgspec.json.decode(entry.value, type=kind)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, msgspec.ValidationError):
         log.warning("bucket %s key %s holds an unreadable record; ignored", bucket._name, key)
         return None
 
 
 async def all_records(bucket: KeyValue, kind: type[T], prefix: str = "") -> dict[str, T]:
     """Every live record of a bucket (whose key starts with ``prefix``), decoded; unreadable
-    ones are logged and skipped."""
+    ones are logged and skipped.
+
+    Keys are listed from the bucket's stream info rather than ``KeyValue.keys()``: that one is a
+    watch whose consumer outlives the call for minutes, and a busy ``vigil status`` would fill the
+    server's consumer limit. Failures propagate: "could not read" is not "empty".
+    """
+    assert prefix == "" or prefix.endswith("."), "prefixes end at a token boundary"
+    name = bucket._name  # nats-py keeps these private; the stream layout is the KV spec's
+    info = await bucket._js.stream_info(bucket._stream, subjects_filter=f"$KV.{name}.{prefix}>")
     out: dict[str, T] = {}
-    try:
-        keys = await bucket.keys()
-    except Exception:  # NoKeysError: an empty bucket
-        return out
-    for key in keys:
-        if not key.startswith(prefix):
-            continue
+    head = f"$KV.{name}."
+    for subject in sorted(info.state.subjects or {}):
+        key = subject[len(head) :]
         record = await get_record(bucket, key, kind)
         if record is not None:
             out[key] = record

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from ipaddress import IPv4Interface
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class Supervisor:
         self.offered: dict[tuple[str, str], int] = {}  # (service, group) offered here -> epoch
         self.down_reason: dict[str, str] = {}  # group -> why its services go down here
         self.watchdogs: dict[str, asyncio.Task[None]] = {}
+        self.isolated = False  # cut off from the bus longer than our node's fence lasts
         self.tg: asyncio.TaskGroup | None = None
 
     def log_path(self, group: str) -> Path:
@@ -99,9 +101,34 @@ class Supervisor:
                 tg.create_task(self.intents.run(), name="watch-intents")
                 tg.create_task(self.services.run(), name="watch-services")
                 tg.create_task(every(1.0, self.tick), name="resync")
+                tg.create_task(self.contact_loop(), name="bus-contact")
                 tg.create_task(self.reconcile_loop(), name="reconcile")
         finally:
             await self.stop_all()
+
+    async def contact_loop(self) -> None:
+        """Self-fencing: a node cut off from the bus for longer than its address fence lasts
+        may already have been declared lost, and its groups restarted elsewhere. Its addresses
+        are fenced by then; stop its apps too, so a restart group never runs twice for long."""
+        last_ok = time.monotonic()
+        while True:
+            spec = self.config.spec
+            heartbeat = spec.cluster.timing.heartbeat if spec else 0.2
+            fence = (spec.cluster.timing.lease if spec else 0.8) - 2 * heartbeat
+            if await self.bus.round_trip(heartbeat):
+                last_ok = time.monotonic()
+                if self.isolated:
+                    log.warning("back in contact with the bus: reconciling")
+                    self.isolated = False
+                    self.dirty.set()
+            elif not self.isolated and time.monotonic() - last_ok > fence:
+                log.error(
+                    "no contact with the bus for %.1fs: halting every group here",
+                    time.monotonic() - last_ok,
+                )
+                self.isolated = True
+                self.dirty.set()
+            await asyncio.sleep(heartbeat)
 
     async def forget_previous_life(self) -> None:
         """We start with no children: record that, so no one waits on an app that died with
@@ -179,7 +206,7 @@ class Supervisor:
         """Groups whose app should run here, with their epoch: placed here, address held at that
         epoch, not set offline by the operator, and not running on any other live node."""
         spec = self.config.spec
-        if spec is None:
+        if spec is None or self.isolated:
             return {}
         out: dict[str, int] = {}
         for group in spec.groups:

@@ -44,7 +44,7 @@ import pytest
 from services.cli import EXAMPLE
 from services.core.config import load_file
 from services.lab.lab import Lab, LabState, lab_dir
-from services.lab.netns import namespaces, pids_in
+from services.lab.netns import pids_in
 
 T = TypeVar("T")
 
@@ -92,7 +92,7 @@ def netns_gate() -> None:
     if os.geteuid() != 0:
         reason = "needs root (CAP_NET_ADMIN) for network namespaces"
     for tool in ("ip", "nft"):
-        if reason is None and subprocess.run(["which", tool], capture_output=True).returncode:
+        if reason is None and shutil.which(tool) is None:
             reason = f"needs the '{tool}' command"
     if reason is None:
         return
@@ -463,7 +463,10 @@ class Prefix:
         return f"{self.name}-{who}"
 
     def namespaces(self) -> list[str]:
-        return [n for n in namespaces() if n.startswith(f"{self.name}-")]
+        """This lab's namespaces, as ``ip netns list`` shows them."""
+        out = run(["ip", "netns", "list"]).stdout
+        names = [line.split()[0] for line in out.splitlines() if line.strip()]
+        return [n for n in names if n.startswith(f"{self.name}-")]
 
     def note_pids(self) -> None:
         """Remember every PID the lab recorded and every process in its namespaces."""
@@ -599,7 +602,6 @@ class Tools:
     neigh_mac = staticmethod(neigh_mac)
     http_get = staticmethod(http_get)
     netns_gate = staticmethod(netns_gate)
-    lab_teardown = staticmethod(lab_teardown)
     VIGIL = VIGIL
 
 
@@ -615,6 +617,7 @@ def lab(lab_prefix: Prefix) -> Iterator[LabRun]:
     spec = load_file(EXAMPLE)
     the_lab = Lab(lab_prefix.name)
     state = the_lab.up(spec)
+    lab_prefix.note_pids()
     run_ = LabRun(
         the_lab, state, lab_prefix, spec.cluster.timing.heartbeat, spec.cluster.timing.lease
     )

@@ -141,15 +141,6 @@ class TestLabCli:
         finally:
             await nc.close()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "BUG: every status read leaks one JetStream consumer per key listing: "
-            "services/core/bus.py all_records() lists keys with nats-py KeyValue.keys(), a watch "
-            "whose ephemeral ordered consumer outlives the call for its inactive_threshold "
-            "(300 s); ~1000 'vigil status' in 5 min fill the per-stream consumer limit"
-        ),
-    )
     async def test_vigil_status_leaves_no_consumers_behind(
         self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
     ) -> None:
@@ -166,15 +157,6 @@ class TestLabCli:
             )
             await asyncio.sleep(0.2)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "BUG: services/core/bus.py all_records() answers {} for *any* exception of "
-            "KeyValue.keys() (meant only for NoKeysError on an empty bucket); when the listing "
-            "fails, 'vigil status' exits 0 and prints every group halted at epoch 0 (or every "
-            "node lost) instead of failing"
-        ),
-    )
     async def test_vigil_status_never_prints_a_made_up_view(
         self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
     ) -> None:

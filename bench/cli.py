@@ -1,0 +1,207 @@
+"""``python -m bench``: run the benchmarks, print a table, write docs/benchmarks.md.
+
+    python -m bench                       # everything, 20 runs per case, 10 min load test
+    python -m bench --quick               # a smoke run: 5 runs, 1 min load, no 10,000 groups
+    python -m bench --runs 20 --only failover,keepalived,scale,load
+
+Sections: failover (Vigil in the lab: node loss, app crash, planned switchover; default and
+tuned timing), keepalived (the same kill and client, VRRPv2 advert_int 1 and VRRPv3 0.1),
+scale (membership + placement with simulated agents), load (no false failover with one core
+saturated). Needs root (network namespaces) and installs keepalived with apt-get if missing.
+Everything it starts is its own: labs with the ``--prefix`` namespaces, processes by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import shlex
+import shutil
+import signal
+import sys
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+from schemas.cluster import Timing
+from services.lab.lab import lab_dir, require_root
+
+from . import failover, keepalived, load, machine, report, scale
+
+SECTIONS = ("failover", "keepalived", "scale", "load")
+REPO = Path(__file__).resolve().parent.parent
+FULL_SCALE = "10x1000,100x100,100x1000,100x10000,100x1000c,100x10000c"
+QUICK_SCALE = "10x1000,100x100,100x1000,100x1000c"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    p.add_argument("--quick", action="store_true", help="a smoke run: fewer runs, shorter load")
+    p.add_argument("--runs", type=int, help="runs per failover case (default 20, quick 5)")
+    p.add_argument("--timings", default="default,tuned", help="Vigil timing sets")
+    p.add_argument("--keepalived", default="v2,v3", help="keepalived configs (v2, v3)")
+    p.add_argument(
+        "--scale",
+        help=f"NODESxGROUPS[c] cases (default {FULL_SCALE}; c = concentrated on one node)",
+    )
+    p.add_argument("--scale-runs", type=int, help="failovers per scale case (default 5, quick 2)")
+    p.add_argument("--load-minutes", type=float, help="load test length (default 10, quick 1)")
+    p.add_argument("--load-timings", default="default", help="timing sets for the load test")
+    p.add_argument("--idle", type=float, help="idle measurement window, s (default 10, quick 3)")
+    p.add_argument("--prefix", default="vbench", help="lab name prefix (default vbench)")
+    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--no-install", action="store_true", help="do not apt-get install anything")
+    args = p.parse_args(argv)
+    args.sections = [s for s in args.only.split(",") if s]
+    bad = set(args.sections) - set(SECTIONS)
+    if bad:
+        p.error(f"unknown section(s) {', '.join(sorted(bad))}; choose from {', '.join(SECTIONS)}")
+    q = args.quick
+    args.runs = args.runs or (5 if q else 20)
+    args.scale_runs = args.scale_runs or (2 if q else 5)
+    args.load_minutes = args.load_minutes if args.load_minutes is not None else (1 if q else 10)
+    args.idle = args.idle or (3.0 if q else 10.0)
+    args.scale = args.scale or (QUICK_SCALE if q else FULL_SCALE)
+    return args
+
+
+def command_line() -> str:
+    exe = Path(sys.executable)
+    py = ".venv/bin/python" if exe.parent == REPO / ".venv" / "bin" else "python"
+    return shlex.join([py, "-m", "bench", *sys.argv[1:]])
+
+
+def log(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
+async def run(args: argparse.Namespace, res: report.Results) -> None:
+    for section in args.sections:
+        started = time.monotonic()
+        try:
+            await SECTION_RUNNERS[section](args, res)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next section still runs; the labs were removed
+            traceback.print_exc()
+            res.errors.append(f"{section}: {type(exc).__name__}: {exc}")
+        res.section_s[section] = time.monotonic() - started
+
+
+async def run_failover(args: argparse.Namespace, res: report.Results) -> None:
+    for name in args.timings.split(","):
+        log(f"== failover, {name} timing: {args.runs} runs each")
+        res.failover.append(
+            await failover.run_timing(
+                f"{args.prefix}f{name[0]}", name, args.runs, args.runs, args.runs, args.idle, log
+            )
+        )
+        res.probe_command = res.probe_command or res.failover[-1].probe_command
+
+
+async def run_keepalived(args: argparse.Namespace, res: report.Results) -> None:
+    for key in args.keepalived.split(","):
+        log(f"== keepalived {key}: {args.runs} runs")
+        res.keepalived.append(
+            await keepalived.run_config(f"{args.prefix}k{key}", key, args.runs, log)
+        )
+
+
+async def run_scale(args: argparse.Namespace, res: report.Results) -> None:
+    base = lab_dir(f"{args.prefix}s")
+    try:
+        for case in args.scale.split(","):
+            nodes, _, groups = case.rstrip("c").partition("x")
+            layout = "concentrated" if case.endswith("c") else "spread"
+            log(f"== scale: {nodes} nodes, {groups} groups, {layout}")
+            runs = args.scale_runs
+            if layout == "concentrated":  # a fresh control plane per run
+                runs = 1 if int(groups) > 1000 else max(1, runs // 2)
+            res.scale.append(
+                await scale.run_case(
+                    base,
+                    int(nodes),
+                    int(groups),
+                    layout,
+                    runs,
+                    args.idle,
+                    True,
+                    Timing(),
+                    log,
+                    res.scale_commands,
+                )
+            )
+    finally:
+        if not any(c.error for c in res.scale):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+async def run_load(args: argparse.Namespace, res: report.Results) -> None:
+    for name in args.load_timings.split(","):
+        log(f"== load, {name} timing: {args.load_minutes:g} min with one core saturated")
+        res.load.append(
+            await load.run_load(f"{args.prefix}l{name[0]}", name, args.load_minutes * 60, log)
+        )
+
+
+SECTION_RUNNERS = {
+    "failover": run_failover,
+    "keepalived": run_keepalived,
+    "scale": run_scale,
+    "load": run_load,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    reason = require_root()
+    if reason is not None:
+        print(f"bench: {reason}", file=sys.stderr)
+        return 2
+    installed = [] if args.no_install else machine.ensure_packages()
+    started = time.monotonic()
+    res = report.Results(
+        argv=command_line(),
+        quick=args.quick,
+        started=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        facts=machine.facts(args.prefix),
+        installed=installed,
+    )
+
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await run(args, res)
+        except asyncio.CancelledError:
+            res.errors.append("interrupted")
+        except Exception as exc:  # report what we have; the labs were removed on the way out
+            traceback.print_exc()
+            res.errors.append(f"{type(exc).__name__}: {exc}")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(guarded())
+    res.duration_s = time.monotonic() - started
+    res.facts.load_after = machine.loadavg()
+    print(report.console(res))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.markdown(res))
+    print(f"wrote {out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dataclasses.asdict(res), indent=1, default=str))
+    return 1 if res.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
