@@ -53,7 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--scale-runs", type=int, help="failovers per scale case (default 5, quick 2)")
     p.add_argument("--load-minutes", type=float, help="load test length (default 10, quick 1)")
-    p.add_argument("--load-timings", default="default", help="timing sets for the load test")
+    p.add_argument(
+        "--load-timings",
+        help="timing sets for the load test, NAME[:MINUTES] (default: 'default,tuned:2'; "
+        "quick: 'default'); without MINUTES, --load-minutes",
+    )
     p.add_argument("--idle", type=float, help="idle measurement window, s (default 10, quick 3)")
     p.add_argument("--prefix", default="vbench", help="lab name prefix (default vbench)")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
@@ -69,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.scale_runs = args.scale_runs or (2 if q else 5)
     args.load_minutes = args.load_minutes if args.load_minutes is not None else (1 if q else 10)
     args.idle = args.idle or (3.0 if q else 10.0)
+    args.load_timings = args.load_timings or ("default" if q else "default,tuned:2")
     args.scale = args.scale or (QUICK_SCALE if q else FULL_SCALE)
     return args
 
@@ -145,11 +150,11 @@ async def run_scale(args: argparse.Namespace, res: report.Results) -> None:
 
 
 async def run_load(args: argparse.Namespace, res: report.Results) -> None:
-    for name in args.load_timings.split(","):
-        log(f"== load, {name} timing: {args.load_minutes:g} min with one core saturated")
-        res.load.append(
-            await load.run_load(f"{args.prefix}l{name[0]}", name, args.load_minutes * 60, log)
-        )
+    for item in args.load_timings.split(","):
+        name, _, minutes = item.partition(":")
+        length = float(minutes) if minutes else args.load_minutes
+        log(f"== load, {name} timing: {length:g} min with one core saturated")
+        res.load.append(await load.run_load(f"{args.prefix}l{name[0]}", name, length * 60, log))
 
 
 SECTION_RUNNERS = {
