@@ -27,6 +27,7 @@ from nats.js.kv import KeyValue
 
 from schemas.events import AnyEvent, Event
 
+from . import tracing
 from .subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class Bus:
         return {"source": self.source, "seq": next(self._seq), "ts": now()}
 
     async def publish(self, subject: str, event: Event) -> None:
-        await self.nc.publish(subject, _ENCODER.encode(event))
+        await self.nc.publish(subject, _ENCODER.encode(event), headers=tracing.headers())
 
     async def subscribe(
         self,
@@ -130,7 +131,14 @@ class Bus:
                 self.drop(msg.subject, f"unexpected type {type(event).__name__}")
                 return
             try:
-                await handler(event)
+                tag = str(type(event).__struct_config__.tag)
+                with tracing.span(
+                    f"on {tag}",
+                    tracing.context_of(msg.headers),
+                    subject=msg.subject,
+                    source=event.source,
+                ):
+                    await handler(event)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -21,6 +21,9 @@ def setup_logging(service: str) -> None:
 def run(main: Coroutine[Any, Any, None], service: str) -> int:
     """Run ``main`` until it returns or a signal asks us to stop; exit code 0 on a clean stop."""
     setup_logging(service)
+    from . import tracing
+
+    tracing.setup(service)
 
     async def guarded() -> None:
         task = asyncio.current_task()

@@ -14,10 +14,11 @@ from nats.js.kv import KeyValue
 from schemas.events import ConfigApplied, Heartbeat, NodeJoined, NodeLost
 from schemas.records import NodeRecord, NodeState
 
+from ..core import tracing
 from ..core.bus import Bus, all_records, encode, ensure_stream, kv, now
 from ..core.clusterconfig import ConfigSource
 from ..core.runner import every
-from .leases import Leases
+from .leases import Leases, Lost
 
 log = logging.getLogger(__name__)
 _HEARTBEAT = msgspec.json.Decoder(Heartbeat)
@@ -99,12 +100,14 @@ class Membership:
                 if self.leases.overdue(time.monotonic()):
                     await self.drain_heartbeats()
                 for lost in self.leases.expire(time.monotonic()):
-                    log.warning("node %s lost: silent for %.3fs", lost.node, lost.silent_for)
-                    event = NodeLost(
-                        **self.bus.stamp(), node=lost.node, silent_for=round(lost.silent_for, 4)
-                    )
-                    await self.transition(lost.node, "lost", event)
+                    with tracing.span("node lost", node=lost.node):
+                        await self.lost(lost)
             await asyncio.sleep(interval)
+
+    async def lost(self, lost: Lost) -> None:
+        log.warning("node %s lost: silent for %.3fs", lost.node, lost.silent_for)
+        event = NodeLost(**self.bus.stamp(), node=lost.node, silent_for=round(lost.silent_for, 4))
+        await self.transition(lost.node, "lost", event)
 
     async def drain_heartbeats(self) -> None:
         """Before calling a node lost, make sure no heartbeat of it is still queued here: a
