@@ -21,9 +21,7 @@ from schemas.events import (
 from schemas.records import AddressStatus, AppStatus, Placement
 
 from ..core.bus import Bus, all_records, encode, get_record, kv
-from ..core.clusterconfig import ConfigSource
-from ..core.kvcache import KVCache
-from ..core.runner import every
+from ..core.reconciler import Reconciler, note_placement
 from ..core.subjects import address_key, app_key
 from .fence import Fence
 from .garp import GarpDropped, send_gratuitous_arp
@@ -40,13 +38,11 @@ def fence_ttl(heartbeat: float, lease: float) -> float:
     return lease - 2 * heartbeat
 
 
-class AddressService:
+class AddressService(Reconciler):
     def __init__(self, bus: Bus, node: str, interface: str | None = None) -> None:
-        self.bus = bus
+        super().__init__(bus)
         self.node = node
         self.interface = interface
-        self.config = ConfigSource(bus)
-        self.dirty = asyncio.Event()
         self.held: dict[str, int] = {}  # group -> epoch we acquired it at
         # Addresses this node holds or held, by group, as it last announced them: a group that
         # left the cluster file still has its address released (and fenced until then).
@@ -80,7 +76,6 @@ class AddressService:
         self.netlink = await asyncio.to_thread(Netlink, ifname)
         self.fence = Fence(ifname)
         await self.fence.install(self.vips())  # no lease yet: nothing of ours answers
-        mark = lambda _key: self.dirty.set()  # noqa: E731
         observed = await kv(self.bus, s.bucket_observed)
         self.observed = observed
         for status in (
@@ -89,8 +84,8 @@ class AddressService:
             if status.held:
                 self.remembered[IPv4Interface(status.address)] = status.group
         self.placement_bucket = await kv(self.bus, s.bucket_placement)
-        self.placements = KVCache(self.placement_bucket, Placement, on_change=mark)
-        self.apps = KVCache(observed, AppStatus, keys=f"app.{self.node}.>", on_change=mark)
+        self.placements = self.cache(self.placement_bucket, Placement)
+        self.apps = self.cache(observed, AppStatus, keys=f"app.{self.node}.>")
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
         for what in ("stopped", "failed", "stop_failed"):
             await self.bus.subscribe(
@@ -102,11 +97,8 @@ class AddressService:
         log.info("address service for node %s on %s", self.node, ifname)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.placements.run(), name="watch-placement")
-                tg.create_task(self.apps.run(), name="watch-apps")
                 tg.create_task(self.heartbeat_loop(), name="heartbeat")
-                tg.create_task(every(1.0, self.tick), name="resync")
-                tg.create_task(self.reconcile_loop(), name="reconcile")
+                self.start(tg)
         finally:
             await asyncio.to_thread(self.netlink.close)
 
@@ -191,14 +183,8 @@ class AddressService:
 
     # -- edge triggers -------------------------------------------------------------------------
     async def on_placement(self, event: PlacementDecided) -> None:
-        current = self.placements.get(event.group)
-        if current is not None and current.epoch >= event.epoch:
-            return  # stale or duplicate decision
-        placement = Placement(
-            event.group, event.node, event.epoch, event.reason, moving_to=event.moving_to
-        )
-        self.placements.note(event.group, self.placements.revision(event.group) or 0, placement)
-        self.dirty.set()
+        if note_placement(self.placements, event):
+            self.dirty.set()
 
     async def on_app(self, event: AppStopped | AppFailed | AppStopFailed) -> None:
         key = app_key(self.node, event.group)
@@ -207,28 +193,7 @@ class AddressService:
         )
         self.dirty.set()
 
-    async def on_config(self, _: ConfigApplied) -> None:
-        if await self.config.refresh():
-            self.dirty.set()
-
-    async def tick(self) -> None:
-        await self.config.refresh()
-        self.dirty.set()
-
     # -- reconcile -----------------------------------------------------------------------------
-    async def reconcile_loop(self) -> None:
-        await self.placements.ready.wait()
-        await self.apps.ready.wait()
-        while True:
-            await self.dirty.wait()
-            self.dirty.clear()
-            try:
-                await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reconcile failed; retrying on the next tick")
-
     async def reconcile(self) -> None:
         spec = self.config.spec
         assert spec is not None and self.netlink is not None

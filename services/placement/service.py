@@ -37,9 +37,7 @@ from schemas.records import (
 )
 
 from ..core.bus import Bus, encode, ensure_stream, get_record, kv
-from ..core.clusterconfig import ConfigSource
-from ..core.kvcache import KVCache
-from ..core.runner import every
+from ..core.reconciler import Reconciler
 from ..core.subjects import address_key
 from .offering import members
 from .rules import Snapshot, decide
@@ -75,50 +73,34 @@ async def run_alert(command: str, kind: str, group: str, node: str | None, messa
         log.error("alert command %r exited with %d", command, code)
 
 
-RESYNC = 1.0  # seconds between level-triggered reconciles
-
-
-class PlacementService:
+class PlacementService(Reconciler):
     def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.config = ConfigSource(bus)
-        self.dirty = asyncio.Event()
+        super().__init__(bus)
         self.started = time.monotonic()
 
     async def run(self) -> None:
         s = self.bus.subjects
         await ensure_stream(self.bus)
-        mark = lambda _key: self.dirty.set()  # noqa: E731
         self.placement_bucket: KeyValue = await kv(self.bus, s.bucket_placement)
-        self.nodes = KVCache(await kv(self.bus, s.bucket_nodes), NodeRecord, on_change=mark)
-        self.placements = KVCache(self.placement_bucket, Placement, on_change=mark)
+        self.nodes = self.cache(await kv(self.bus, s.bucket_nodes), NodeRecord)
+        self.placements = self.cache(self.placement_bucket, Placement)
         observed = await kv(self.bus, s.bucket_observed)
-        self.addresses = KVCache(observed, AddressStatus, keys="address.>", on_change=mark)
-        self.apps = KVCache(observed, AppStatus, keys="app.>", on_change=mark)
+        self.addresses = self.cache(observed, AddressStatus, keys="address.>")
+        self.apps = self.cache(observed, AppStatus, keys="app.>")
         self.services_bucket = await kv(self.bus, s.bucket_services)
-        self.services = KVCache(self.services_bucket, ServiceRecord, on_change=mark)
+        self.services = self.cache(self.services_bucket, ServiceRecord)
+        self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent)
         await self.bus.subscribe(s.all_node_events, (NodeJoined, NodeLost), self.on_node)
         await self.bus.subscribe(
             s.all_address_events(), (AddressAcquired, AddressReleased), self.on_address
         )
-        self.intents = KVCache(await kv(self.bus, s.bucket_intents), Intent, on_change=mark)
         await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
         for what in ("stopped", "failed", "stop_failed"):
             await self.bus.subscribe(
                 s.all_app_events("*", what), (AppFailed, AppStopFailed, AppStopped), self.on_app
             )
         async with asyncio.TaskGroup() as tg:
-            for name, cache in (
-                ("nodes", self.nodes),
-                ("placement", self.placements),
-                ("addresses", self.addresses),
-                ("intents", self.intents),
-                ("apps", self.apps),
-                ("services", self.services),
-            ):
-                tg.create_task(cache.run(), name=f"watch-{name}")
-            tg.create_task(every(RESYNC, self.tick), name="resync")
-            tg.create_task(self.reconcile_loop(), name="reconcile")
+            self.start(tg)
 
     # -- edge triggers: update the local view at once, then reconcile -------------------------
     async def on_node(self, event: NodeJoined | NodeLost) -> None:
@@ -203,35 +185,6 @@ class PlacementService:
             self.placements.note(group, revision, new)
             return
         log.error("could not record %s's failure after 5 tries; the next event retries", group)
-
-    async def on_config(self, _: ConfigApplied) -> None:
-        if await self.config.refresh():
-            self.dirty.set()
-
-    async def tick(self) -> None:
-        await self.config.refresh()
-        self.dirty.set()
-
-    # -- the reconcile: one at a time ---------------------------------------------------------
-    async def reconcile_loop(self) -> None:
-        for cache in (
-            self.nodes,
-            self.placements,
-            self.addresses,
-            self.intents,
-            self.apps,
-            self.services,
-        ):
-            await cache.ready.wait()
-        while True:
-            await self.dirty.wait()
-            self.dirty.clear()
-            try:
-                await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reconcile failed; retrying on the next tick")
 
     def snapshot(self) -> Snapshot | None:
         spec = self.config.spec

@@ -128,20 +128,20 @@ class GroupRun:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.halting.wait(), delay)
 
+    async def command(self, command: str, timeout: float) -> int | None:
+        """A hook or a daemon's start/stop/check, as the app's user, in its workdir."""
+        app = self.group.app
+        return await run_to_end(
+            command, self.env, self.log_path, timeout, user=app.user, cwd=app.workdir
+        )
+
     # -- run method ----------------------------------------------------------------------------
     async def run_method(self) -> None:
         app = self.group.app
         self.state = "starting"
         deadline = time.monotonic() + app.start_timeout
         if app.before_start:
-            code = await run_to_end(
-                app.before_start,
-                self.env,
-                self.log_path,
-                app.start_timeout,
-                user=app.user,
-                cwd=app.workdir,
-            )
+            code = await self.command(app.before_start, app.start_timeout)
             if code != 0:
                 raise StartFailed(f"before_start {'timed out' if code is None else f'exit {code}'}")
         if app.command is not None:
@@ -161,14 +161,7 @@ class GroupRun:
             self.last_pgid = pid
         else:
             assert app.start is not None
-            code = await run_to_end(
-                app.start,
-                self.env,
-                self.log_path,
-                app.start_timeout,
-                user=app.user,
-                cwd=app.workdir,
-            )
+            code = await self.command(app.start, app.start_timeout)
             if code != 0:
                 raise StartFailed(f"start {'timed out' if code is None else f'exit {code}'}")
             pid = 0
@@ -233,13 +226,9 @@ class GroupRun:
             self.app = None
             return "processes survived SIGKILL" if survived else None
         if app.is_daemon and app.stop and self.state != "given_up":
-            code = await run_to_end(
-                app.stop, self.env, self.log_path, app.stop_timeout, user=app.user, cwd=app.workdir
-            )
+            code = await self.command(app.stop, app.stop_timeout)
             assert app.check is not None
-            still = await run_to_end(
-                app.check, self.env, self.log_path, app.stop_timeout, user=app.user, cwd=app.workdir
-            )
+            still = await self.command(app.check, app.stop_timeout)
             if still == 0:
                 return f"stop {'timed out' if code is None else f'exit {code}'}; check still passes"
         return None
@@ -254,14 +243,7 @@ class GroupRun:
         survived = await self.stop_app()
         app = self.group.app
         if app.after_stop:
-            code = await run_to_end(
-                app.after_stop,
-                self.env,
-                self.log_path,
-                app.stop_timeout,
-                user=app.user,
-                cwd=app.workdir,
-            )
+            code = await self.command(app.after_stop, app.stop_timeout)
             if code != 0:
                 log.warning(
                     "%s: after_stop %s", self.name, "timed out" if code is None else f"exit {code}"

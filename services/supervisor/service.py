@@ -36,9 +36,7 @@ from schemas.records import (
 )
 
 from ..core.bus import Bus, encode, kv
-from ..core.clusterconfig import ConfigSource
-from ..core.kvcache import KVCache
-from ..core.runner import every
+from ..core.reconciler import Reconciler, note_placement
 from ..core.subjects import address_key, app_key
 from .lifecycle import GroupRun
 from .restarts import RestartTracker
@@ -49,13 +47,11 @@ log = logging.getLogger(__name__)
 LOG_TAIL = 64 * 1024  # bytes of a group's log that `vigil logs` gets
 
 
-class Supervisor:
+class Supervisor(Reconciler):
     def __init__(self, bus: Bus, node: str, state_dir: Path) -> None:
-        self.bus = bus
+        super().__init__(bus)
         self.node = node
         self.state_dir = state_dir
-        self.config = ConfigSource(bus)
-        self.dirty = asyncio.Event()
         self.runs: dict[str, GroupRun] = {}
         self.trackers: dict[str, RestartTracker] = {}
         self.pending_down: dict[str, int] = {}  # group -> epoch: service down after the release
@@ -70,18 +66,13 @@ class Supervisor:
 
     async def run(self) -> None:
         s = self.bus.subjects
-        mark = lambda _key: self.dirty.set()  # noqa: E731
         self.observed = await kv(self.bus, s.bucket_observed)
-        self.placements = KVCache(await kv(self.bus, s.bucket_placement), Placement, on_change=mark)
-        self.addresses = KVCache(
-            self.observed, AddressStatus, keys=f"address.{self.node}.>", on_change=mark
-        )
-        self.apps = KVCache(self.observed, AppStatus, keys="app.>", on_change=mark)
-        self.nodes = KVCache(await kv(self.bus, s.bucket_nodes), NodeRecord, on_change=mark)
-        self.intents = KVCache(await kv(self.bus, s.bucket_intents), Intent, on_change=mark)
-        self.services = KVCache(
-            await kv(self.bus, s.bucket_services), ServiceRecord, on_change=mark
-        )
+        self.placements = self.cache(await kv(self.bus, s.bucket_placement), Placement)
+        self.addresses = self.cache(self.observed, AddressStatus, keys=f"address.{self.node}.>")
+        self.apps = self.cache(self.observed, AppStatus, keys="app.>")
+        self.nodes = self.cache(await kv(self.bus, s.bucket_nodes), NodeRecord)
+        self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent)
+        self.services = self.cache(await kv(self.bus, s.bucket_services), ServiceRecord)
         await self.config.refresh()
         await self.forget_previous_life()
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
@@ -94,15 +85,8 @@ class Supervisor:
         try:
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
-                tg.create_task(self.placements.run(), name="watch-placement")
-                tg.create_task(self.addresses.run(), name="watch-addresses")
-                tg.create_task(self.apps.run(), name="watch-apps")
-                tg.create_task(self.nodes.run(), name="watch-nodes")
-                tg.create_task(self.intents.run(), name="watch-intents")
-                tg.create_task(self.services.run(), name="watch-services")
-                tg.create_task(every(1.0, self.tick), name="resync")
                 tg.create_task(self.contact_loop(), name="bus-contact")
-                tg.create_task(self.reconcile_loop(), name="reconcile")
+                self.start(tg)
         finally:
             await self.stop_all()
 
@@ -139,14 +123,8 @@ class Supervisor:
 
     # -- edge triggers -------------------------------------------------------------------------
     async def on_placement(self, event: PlacementDecided) -> None:
-        current = self.placements.get(event.group)
-        if current is not None and current.epoch >= event.epoch:
-            return
-        placement = Placement(
-            event.group, event.node, event.epoch, event.reason, moving_to=event.moving_to
-        )
-        self.placements.note(event.group, self.placements.revision(event.group) or 0, placement)
-        self.dirty.set()
+        if note_placement(self.placements, event):
+            self.dirty.set()
 
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
         key = address_key(self.node, event.group)
@@ -156,14 +134,6 @@ class Supervisor:
         if not held and event.group in self.pending_down:
             # Halt method, last step: the address is gone, so the service is down here.
             await self.service_down(event.group, self.pending_down.pop(event.group), "user")
-        self.dirty.set()
-
-    async def on_config(self, _: ConfigApplied) -> None:
-        if await self.config.refresh():
-            self.dirty.set()
-
-    async def tick(self) -> None:
-        await self.config.refresh()
         self.dirty.set()
 
     async def on_logs(self, msg: Msg) -> None:
@@ -182,26 +152,6 @@ class Supervisor:
         await msg.respond(data)
 
     # -- reconcile -----------------------------------------------------------------------------
-    async def reconcile_loop(self) -> None:
-        for cache in (
-            self.placements,
-            self.addresses,
-            self.apps,
-            self.nodes,
-            self.intents,
-            self.services,
-        ):
-            await cache.ready.wait()
-        while True:
-            await self.dirty.wait()
-            self.dirty.clear()
-            try:
-                await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reconcile failed; retrying on the next tick")
-
     def wanted(self) -> dict[str, int]:
         """Groups whose app should run here, with their epoch: placed here, address held at that
         epoch, not set offline by the operator, and not running on any other live node."""

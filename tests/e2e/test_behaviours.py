@@ -455,10 +455,10 @@ class TestCooperativeGroups:
         )
 
     @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: after a final failure the halt's address release sends a second "
-        "service_down for the group with reason 'user' (supervisor/service.py on_address "
-        "hard-codes 'user' for pending_down)",
+        strict=False,  # a race: it shows in about half the runs, so strict would be flaky
+        reason="BUG (racy): after a final failure, when the supervisor's app_stopped comes "
+        "before the address release, a second service_down for the group follows with reason "
+        "'user' (supervisor/service.py on_address hard-codes 'user' for pending_down)",
     )
     def test_failed_app_service_down_says_failure(self, require_netns: None, coop: BehLab) -> None:
         """The group's own service (every group is one) goes down on n1 for a failure only."""
@@ -566,7 +566,6 @@ class TestCooperativeGroups:
             {
                 "node_lost",
                 "node_joined",
-                "config_applied",
                 "placement_decided",
                 "address_acquired",
                 "address_released",
@@ -846,7 +845,6 @@ class TestMoves:
             {
                 "node_lost",
                 "node_joined",
-                "config_applied",
                 "placement_decided",
                 "address_acquired",
                 "address_released",

@@ -30,8 +30,9 @@ from schemas.events import (
 from schemas.records import AddressStatus, NodeRecord, NodeState, Placement
 from services.core.bus import encode, get_record, kv, now
 from services.core.clusterconfig import store
+from services.core.reconciler import RESYNC
 from services.core.subjects import Subjects, address_key
-from services.placement.service import RESYNC, PlacementService
+from services.placement.service import PlacementService
 
 from .conftest import DEADLINE, Recorder, Services, group, make_spec, of, record
 
