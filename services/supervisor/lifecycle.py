@@ -222,7 +222,7 @@ class GroupRun:
         app = self.group.app
         if self.app is not None:
             self.exit_code = await self.app.stop(app.stop_timeout)
-            survived = self.app.survivors()
+            survived = await self.app.survivors()
             self.app = None
             return "processes survived SIGKILL" if survived else None
         if app.is_daemon and app.stop and self.state != "given_up":

@@ -145,5 +145,13 @@ class AppProcess:
             with contextlib.suppress(Exception):
                 signal_group(self.proc.pid, signal.SIGKILL)  # stragglers the leader left behind
 
-    def survivors(self) -> bool:
-        return group_alive(self.proc.pid)
+    async def survivors(self, grace: float = 1.0) -> bool:
+        """Is anything of the group still alive ``grace`` seconds after SIGKILL? (A killed
+        process takes a moment to exit, and a child of the app is not ours to reap.)"""
+        deadline = asyncio.get_running_loop().time() + grace
+        while group_alive(self.proc.pid):
+            if asyncio.get_running_loop().time() > deadline:
+                return True
+            signal_group(self.proc.pid, signal.SIGKILL)
+            await asyncio.sleep(0.02)
+        return False

@@ -383,16 +383,17 @@ class Supervisor(Reconciler):
 
     async def app_stopped(self, group: str, epoch: int, code: int | None) -> None:
         log.info("stopped %s (epoch %d)", group, epoch)
-        # The status goes first: the address service releases only once it reads it.
-        await self.put_status(group, running=False, epoch=epoch)
         self.pending_down[group] = epoch
-        self.spawn_watchdog(group, "app shut down")
+        # The event goes out before the status is stored (one connection keeps that order), so
+        # the address release it triggers is always seen after it.
         await self.bus.publish(
             self.bus.subjects.app(self.node, group, "stopped"),
             AppStopped(
                 **self.bus.stamp(), group=group, node=self.node, epoch=epoch, exit_code=code
             ),
         )
+        await self.put_status(group, running=False, epoch=epoch)
+        self.spawn_watchdog(group, "app shut down")
 
     def spawn_watchdog(self, group: str, reason: str) -> None:
         """One watchdog per group on this node; a newer failure or stop replaces the older."""
@@ -425,7 +426,6 @@ class Supervisor(Reconciler):
 
     async def stop_failed(self, group: str, epoch: int, reason: str) -> None:
         log.error("%s: stop failed: %s", group, reason)
-        await self.put_status(group, running=False, epoch=epoch, stop_failed=True)
         self.pending_down[group] = epoch
         await self.bus.publish(
             self.bus.subjects.app(self.node, group, "stop_failed"),
@@ -433,3 +433,4 @@ class Supervisor(Reconciler):
                 **self.bus.stamp(), group=group, node=self.node, epoch=epoch, reason=reason
             ),
         )
+        await self.put_status(group, running=False, epoch=epoch, stop_failed=True)

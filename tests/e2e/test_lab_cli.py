@@ -160,9 +160,11 @@ class TestLabCli:
     async def test_vigil_status_never_prints_a_made_up_view(
         self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
     ) -> None:
-        """Make listing the placement bucket fail the way a busy server does (its stream at the
-        consumer limit), then ask ``vigil status``: it must fail with a reason, or tell the
-        truth (web1 on n1); not invent a cluster where nothing runs."""
+        """Fill the placement stream up to the server's consumer limit (what ~1000 status reads
+        in 5 minutes used to do, when listing keys left a consumer behind each time), then ask
+        ``vigil status``: it must fail with a one-line reason, or tell the truth (web1 on n1);
+        never exit 0 with a cluster where nothing runs (it used to print every group halted at
+        epoch 0, because any failure to list a bucket read as "empty")."""
         url = lab_url(cli_lab)
         nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
         js = nc.jetstream()
