@@ -29,8 +29,9 @@ from pathlib import Path
 
 from schemas.cluster import Timing
 from services.lab.lab import lab_dir, require_root
+from services.lab.netns import namespaces
 
-from . import failover, keepalived, load, machine, report, scale
+from . import failover, keepalived, load, machine, micro, report, scale
 
 SECTIONS = ("failover", "keepalived", "scale", "load")
 REPO = Path(__file__).resolve().parent.parent
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--no-install", action="store_true", help="do not apt-get install anything")
+    p.add_argument(
+        "--keep-logs", action="store_true", help="keep the labs' logs in /run/vigil/PREFIX*"
+    )
     args = p.parse_args(argv)
     args.sections = [s for s in args.only.split(",") if s]
     bad = set(args.sections) - set(SECTIONS)
@@ -76,6 +80,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.load_timings = args.load_timings or ("default" if q else "default,tuned:2")
     args.scale = args.scale or (QUICK_SCALE if q else FULL_SCALE)
     return args
+
+
+def lab_names(args: argparse.Namespace) -> list[str]:
+    """Every lab (and scale work directory) name this run may use, all under ``--prefix``."""
+    p = args.prefix
+    return [
+        *(f"{p}f{t[0]}" for t in args.timings.split(",")),
+        *(f"{p}k{k}" for k in args.keepalived.split(",")),
+        *(f"{p}l{t[0]}" for t in args.load_timings.split(",")),
+        f"{p}s",
+    ]
 
 
 def command_line() -> str:
@@ -102,6 +117,8 @@ async def run(args: argparse.Namespace, res: report.Results) -> None:
 
 
 async def run_failover(args: argparse.Namespace, res: report.Results) -> None:
+    res.fence = await asyncio.to_thread(micro.measure_fence, f"{args.prefix}m", 50)
+    log(f"== one fence renewal (nft subprocess): {res.fence.ms(1)} ms (min / p50 / p90 / max)")
     for name in args.timings.split(","):
         log(f"== failover, {name} timing: {args.runs} runs each")
         res.failover.append(
@@ -197,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(guarded())
     res.duration_s = time.monotonic() - started
+    if not args.keep_logs:
+        for name in lab_names(args):
+            if not any(n.startswith(f"{name}-") for n in namespaces()):
+                shutil.rmtree(lab_dir(name), ignore_errors=True)
     res.facts.load_after = machine.loadavg()
     print(report.console(res))
     out = Path(args.out)

@@ -50,6 +50,7 @@ from services.lab.lab import Lab, LabState, vip
 from services.lab.netns import LabError
 from services.lab.specs import generated
 
+from .cleanup import sweep
 from .events import Recorder, ts
 from .netfault import vigil_node_loss
 from .procstat import Usage, Window
@@ -148,20 +149,20 @@ class LabBench:
     async def __aenter__(self) -> LabBench:
         await asyncio.to_thread(fresh, self.lab)
         started = time.monotonic()
-        self.state: LabState = await asyncio.to_thread(self.lab.up, self.spec)
-        self.up_s = time.monotonic() - started
         try:
+            self.state: LabState = await asyncio.to_thread(self.lab.up, self.spec)
+            self.up_s = time.monotonic() - started
             self.bus: Bus = await self.lab.connect(self.state, "bench")
             await self.recorder.start(self.bus.nc, self.bus.subjects.all_events)
         except BaseException:
-            await asyncio.to_thread(self.lab.down)
+            await asyncio.to_thread(teardown, self.lab)
             raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
             await self.bus.close()
-        await asyncio.to_thread(self.lab.down)
+        await asyncio.to_thread(teardown, self.lab)
 
     # -- helpers --------------------------------------------------------------------------
     async def probe(self) -> tuple[Probe, asyncio.Task[None]]:
@@ -326,9 +327,20 @@ class LabBench:
 def fresh(lab: Lab) -> None:
     """Remove a lab of ours left behind, *and its directory*: ``Lab.down`` keeps the JetStream
     store in ``<lab dir>/nats``, so a new lab with the same prefix would start from the old
-    placements (see docs/benchmarks.md, findings)."""
-    lab.down()
+    placements."""
+    teardown(lab)
     shutil.rmtree(lab.dir, ignore_errors=True)
+
+
+def teardown(lab: Lab) -> None:
+    """``Lab.down``, then whatever of ours outlived it (see bench/cleanup.py)."""
+    lab.down()
+    leftovers = sweep(lab.dir)
+    if leftovers:
+        print(
+            f"bench: killed {len(leftovers)} leftover process(es) of lab {lab.prefix}: {leftovers}",
+            flush=True,
+        )
 
 
 async def _switchover(lb: LabBench) -> SwitchRun:

@@ -27,7 +27,7 @@ from services.lab.demo import Probe
 from services.lab.lab import Lab, LabState
 from services.lab.netns import LabError, ip
 
-from .failover import Log, served_by
+from .failover import Log, served_by, teardown
 from .netfault import node_loss
 
 VIP = "10.213.0.101"
@@ -92,7 +92,7 @@ class KeepalivedLab:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def up(self) -> None:
-        self.lab.down()
+        teardown(self.lab)
         shutil.rmtree(self.lab.dir, ignore_errors=True)
         self.lab.dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -181,7 +181,7 @@ class KeepalivedLab:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-        self.lab.down()  # anything else left in our namespaces, and the namespaces
+        teardown(self.lab)  # anything else left in our namespaces, and the namespaces
 
     # -- one run -----------------------------------------------------------------------------
     def master_since(self, node: str, t: float) -> float | None:

@@ -28,8 +28,23 @@ def ensure_packages() -> list[str]:
     if os.geteuid() != 0:
         raise SystemExit(f"bench: missing {', '.join(missing)}; install them as root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    # Install, never start: a keepalived started by its package in the host's namespace would
+    # be a VRRP speaker outside the lab. policy-rc.d exit 101 = "no service starts" (Debian).
+    policy = Path("/usr/sbin/policy-rc.d")
+    ours = not policy.exists()
+    if ours:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            check=True,
+            env=env,
+        )
+    finally:
+        if ours:
+            policy.unlink(missing_ok=True)
     return missing
 
 

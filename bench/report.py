@@ -46,6 +46,7 @@ class Results:
     probe_command: str = ""
     errors: list[str] = field(default_factory=list)
     section_s: dict[str, float] = field(default_factory=dict)
+    fence: Summary | None = None  # one fence renewal (nft subprocess), seconds
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def console(res: Results) -> str:
             lines.append(f"scale {case.nodes} nodes / {case.groups} groups: ERROR {case.error}")
     for lr in res.load:
         lines.append(
-            f"load {lr.timing_name} {lr.duration_s / 60:.0f} min: "
+            f"load {lr.timing_name} {lr.duration_s / 60:g} min: "
             f"{lr.node_lost} spurious node_lost, "
             f"{sum(lr.failed.values())} failed client attempts of {lr.attempts}"
         )
@@ -240,7 +241,7 @@ def headline(res: Results) -> list[str]:
     for lr in res.load:
         rows.append(
             (
-                f"spurious node_lost, {lr.duration_s / 60:.0f} min one core saturated "
+                f"spurious node_lost, {lr.duration_s / 60:g} min one core saturated "
                 f"({lr.timing_name})",
                 str(lr.node_lost),
                 "0" if lr.timing_name == "default" else "(none set)",
@@ -250,6 +251,7 @@ def headline(res: Results) -> list[str]:
             )
         )
     out += [*table(["what", "measured (ms)", "target", "verdict"], rows), ""]
+    out += why(res)
     ratios: list[tuple[str, str, str, str]] = []
     for fr, kr in ((d, k2), (t, k3), (d, k3)):
         if fr and kr:
@@ -269,6 +271,46 @@ def headline(res: Results) -> list[str]:
         out += table(["comparison", "Vigil", "keepalived", "ratio Vigil / keepalived"], ratios)
         out += [""]
     return out
+
+
+def why(res: Results) -> list[str]:
+    """One line per target: where the measured time went (p50s of the hops)."""
+    lines: list[str] = []
+    for fr in res.failover:
+        h = {hop: p50(r.hops.get(hop) for r in fr.node_loss) for hop in NODE_HOPS}
+        if any(math.isnan(v) for v in h.values()):
+            continue
+        lease = fr.timing.lease * 1000
+        lines.append(
+            f"- node loss, {fr.timing_name}: detection {fmt_ms(h['detection'])} (the "
+            f"{lease:.0f} ms lease, minus the time since the last heartbeat) + decision "
+            f"{fmt_ms(h['decision'])} + address {fmt_ms(h['address'])} + app spawn "
+            f"{fmt_ms(h['app'])} + the demo app's own start until it answers "
+            f"{fmt_ms(h['first served'])} (p50 of each hop)."
+        )
+    for fr in res.failover:
+        runs = [r for r in fr.switchover if r.marks]
+        if not runs:
+            continue
+        m = {k: p50(r.marks.get(k) for r in runs) for k in SWITCH_MARKS}
+        lines.append(
+            f"- switchover, {fr.timing_name}: after the intent, the old app stopped at "
+            f"{fmt_ms(m['app stopped (old)'])} ms, its address released at "
+            f"{fmt_ms(m['address released (old)'])}, the new node acquired it at "
+            f"{fmt_ms(m['address acquired (new)'])} and started the app at "
+            f"{fmt_ms(m['app started (new)'])}, which answered at "
+            f"{fmt_ms(m['first served (new)'])}: halt, then run, then a cold app start."
+        )
+    for c in res.scale:
+        if c.layout != "concentrated" or not c.runs or any(r.error for r in c.runs):
+            continue
+        per = p50(r.all_decided_s / r.affected for r in c.runs if r.affected)
+        lines.append(
+            f"- {c.groups:,} groups re-placed ({c.nodes} nodes): {per * 1000:.2f} ms per group, "
+            "one after the other (placement commits each decision with its own KV round trip "
+            "and publishes before the next)."
+        )
+    return ["Where the time went:", "", *lines, ""] if lines else []
 
 
 def section_failover(res: Results) -> list[str]:
@@ -374,6 +416,14 @@ def section_failover(res: Results) -> list[str]:
         "refused at once meanwhile, because the address is already up.",
         "",
     ]
+    if res.fence:
+        out += [
+            f"One fence renewal (an `nft -f -` subprocess, `bench/micro.py`) takes "
+            f"{res.fence.ms(1)} ms (min / p50 / p90 / max, 50 renewals) on this machine; the "
+            "address service does one before it adds the address (inside the address hop), and "
+            "one per heartbeat.",
+            "",
+        ]
 
     if any(fr.app_crash for fr in res.failover):
         out += ["### App crash", ""]
@@ -588,8 +638,8 @@ def section_scale(res: Results) -> list[str]:
     out += [
         "NATS messages of one failover, counted by the server (`/varz`, `/connz`) over the "
         "window from the silence to 0.5 s after the last acknowledgement; heartbeats "
-        "(estimated from the window) are subtracted from what clients published, and the "
-        "bench's own observer subscription from what the server delivered:",
+        "(estimated from the window) are subtracted from both counts, and the bench's own "
+        "observer subscription from what the server delivered:",
         "",
     ]
     out += table(
@@ -597,8 +647,8 @@ def section_scale(res: Results) -> list[str]:
             "nodes / groups",
             "groups moved",
             "events on vigil.>",
-            "published, without heartbeats",
-            "delivered",
+            "published by clients",
+            "delivered by the server",
             "placement in / out",
         ],
         rows,

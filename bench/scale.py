@@ -131,7 +131,7 @@ class ScaleRun:
     all_acked_s: float = math.nan
     events: dict[str, int] = field(default_factory=dict)
     server_in: int = 0  # messages published to the server in the window (heartbeats included)
-    server_out: int = 0  # messages the server delivered (our observer's share excluded)
+    server_out: int = 0  # messages delivered (our observer's share and heartbeats excluded)
     heartbeats: int = 0  # estimated heartbeats in the window
     placement_in: int = 0
     placement_out: int = 0
@@ -326,9 +326,11 @@ class ControlPlane:
             "out_msgs", 0
         )
         run.server_in = int(varz1["in_msgs"]) - int(varz0["in_msgs"])
-        run.server_out = int(varz1["out_msgs"]) - int(varz0["out_msgs"]) - obs_in
         hb = self.spec.cluster.timing.heartbeat
         run.heartbeats = round((len(self.spec.nodes) - 1) * run.window_s / hb)
+        # membership is the heartbeats' only subscriber: each is delivered once
+        delivered = int(varz1["out_msgs"]) - int(varz0["out_msgs"])
+        run.server_out = delivered - obs_in - run.heartbeats
         p0, p1 = conns0.get("placement", {}), conns1.get("placement", {})
         run.placement_in = p1.get("in_msgs", 0) - p0.get("in_msgs", 0)
         run.placement_out = p1.get("out_msgs", 0) - p0.get("out_msgs", 0)

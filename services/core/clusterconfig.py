@@ -11,7 +11,7 @@ from schemas.cluster import ClusterSpec
 from schemas.events import ConfigApplied
 
 from . import config
-from .bus import Bus, kv
+from .bus import Bus, ensure_stream, kv
 from .subjects import CONFIG_KEY
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class ConfigSource:
 
 async def store(bus: Bus, spec: ClusterSpec) -> int:
     """Store a validated spec and announce it; returns the new revision."""
+    await ensure_stream(bus)  # so that the history starts with this very event
     source = ConfigSource(bus)
     bucket = await source.bucket()
     revision = await bucket.put(CONFIG_KEY, config.encode(spec))

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from typing import Any, TypeVar
 
+import msgspec
 from nats.js.kv import KeyValue
 
 from schemas.events import ConfigApplied, PlacementDecided
@@ -79,8 +80,17 @@ def note_placement(cache: KVCache[Placement], event: PlacementDecided) -> bool:
     current = cache.get(event.group)
     if current is not None and current.epoch >= event.epoch:
         return False
-    placement = Placement(
-        event.group, event.node, event.epoch, event.reason, moving_to=event.moving_to
-    )
+    if current is None:
+        placement = Placement(
+            event.group, event.node, event.epoch, event.reason, moving_to=event.moving_to
+        )
+    else:  # keep what the event does not carry (bans, switching) until the bucket's copy
+        placement = msgspec.structs.replace(
+            current,
+            node=event.node,
+            epoch=event.epoch,
+            reason=event.reason,
+            moving_to=event.moving_to,
+        )
     cache.note(event.group, cache.revision(event.group) or 0, placement)
     return True

@@ -229,9 +229,22 @@ class PlacementService(Reconciler):
             for a in self.apps.values().values()
             if a.running and (p := placements.get(a.group)) is not None and p.node == a.node
         }
+        up = {n for n, r in self.nodes.values().items() if r.state == "up"}
+        intents = self.intents.values()
+        starting = set()
+        for g in spec.groups:
+            p = placements.get(g.name)
+            intent = intents.get(g.name)
+            if (
+                p is not None
+                and p.node in up
+                and (g.on_failover == "restart" or p.node == g.preferred)
+                and (intent is None or intent.admin == "run")
+            ):
+                starting.add(g.name)  # its app is expected to run: on its way up
         for service in spec.services:
             current = self.services.get(service.name)
-            new = members(service, serving, current.members if current else None)
+            new = members(service, serving, current.members if current else None, starting)
             if current is not None and current.members == new:
                 continue
             record = ServiceRecord(service.name, new, (current.epoch if current else 0) + 1)

@@ -101,7 +101,6 @@ class GroupRun:
                 await self.cleanup()
                 decision = self.tracker.failed(time.monotonic())
                 if isinstance(decision, GiveUp):
-                    await self.reporter.app_failed(self.name, self.epoch, code, reason, False)
                     await self.give_up(f"{reason}; {decision.reason}", code)
                     break
                 log.warning(
@@ -226,11 +225,16 @@ class GroupRun:
             self.app = None
             return "processes survived SIGKILL" if survived else None
         if app.is_daemon and app.stop and self.state != "given_up":
+            deadline = time.monotonic() + app.stop_timeout
             code = await self.command(app.stop, app.stop_timeout)
             assert app.check is not None
-            still = await self.command(app.check, app.stop_timeout)
-            if still == 0:
-                return f"stop {'timed out' if code is None else f'exit {code}'}; check still passes"
+            # A stop command may return before the daemon is gone: its check must fail within
+            # stop_timeout for the stop to count.
+            while await self.command(app.check, app.stop_timeout) == 0:
+                if time.monotonic() > deadline:
+                    why = "timed out" if code is None else f"exit {code}"
+                    return f"stop {why}; check still passes after {app.stop_timeout:g}s"
+                await asyncio.sleep(0.1)
         return None
 
     # -- halt method ---------------------------------------------------------------------------

@@ -59,6 +59,8 @@ class Supervisor(Reconciler):
         self.down_reason: dict[str, str] = {}  # group -> why its services go down here
         self.watchdogs: dict[str, asyncio.Task[None]] = {}
         self.isolated = False  # cut off from the bus longer than our node's fence lasts
+        self.announced: dict[str, str] = {}  # group -> "up" / "down", as last announced here
+        self.local_ban: dict[str, float] = {}  # group -> unix time: failed for good here
         self.tg: asyncio.TaskGroup | None = None
 
     def log_path(self, group: str) -> Path:
@@ -133,7 +135,8 @@ class Supervisor(Reconciler):
         self.addresses.note(key, self.addresses.revision(key) or 0, status)
         if not held and event.group in self.pending_down:
             # Halt method, last step: the address is gone, so the service is down here.
-            await self.service_down(event.group, self.pending_down.pop(event.group), "user")
+            epoch = self.pending_down.pop(event.group)
+            await self.service_down(event.group, epoch, self.down_reason.get(event.group, "user"))
         self.dirty.set()
 
     async def on_logs(self, msg: Msg) -> None:
@@ -331,6 +334,8 @@ class Supervisor(Reconciler):
 
     async def service_up(self, group: str, epoch: int) -> None:
         self.down_reason.pop(group, None)
+        self.local_ban.pop(group, None)
+        self.announced[group] = "up"
         self.dirty.set()  # named services offered by this group come up with it
         await self.bus.publish(
             self.bus.subjects.service(group, "up"),
@@ -345,6 +350,10 @@ class Supervisor(Reconciler):
         )
 
     async def service_down(self, group: str, epoch: int, reason: str) -> None:
+        """Announced once per service up: a failure's down is not followed by a halt's."""
+        if self.announced.get(group) != "up":
+            return
+        self.announced[group] = "down"
         await self.bus.publish(
             self.bus.subjects.service(group, "down"),
             ServiceDown(
@@ -375,9 +384,12 @@ class Supervisor(Reconciler):
             ),
         )
         self.down_reason[group] = "failure"
+        if final:  # the node is banned for the group from now on, whatever placement says yet
+            g = self.config.spec.group(group) if self.config.spec else None
+            timeout = g.restart.failure_timeout if g else 600.0
+            self.local_ban[group] = time.time() + timeout
         self.spawn_watchdog(group, f"app failed: {reason}")
-        if not final:
-            await self.service_down(group, epoch, "failure")
+        await self.service_down(group, epoch, "failure")
         await self.put_status(group, running=False, epoch=epoch)
         self.dirty.set()
 
@@ -406,7 +418,8 @@ class Supervisor(Reconciler):
 
         def banned_until() -> float:
             placement = self.placements.get(group)
-            return placement.banned.get(self.node, 0.0) if placement else 0.0
+            recorded = placement.banned.get(self.node, 0.0) if placement else 0.0
+            return max(recorded, self.local_ban.get(group, 0.0))
 
         def running_again() -> bool:
             current = self.runs.get(group)

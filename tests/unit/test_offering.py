@@ -36,3 +36,14 @@ def test_a_late_preferred_group_takes_a_free_slot_before_an_available_one() -> N
 
 def test_nothing_serving_means_no_members() -> None:
     assert members(SALES, set(), ["db1", "db2"]) == []
+
+
+def test_a_starting_preferred_group_keeps_its_slot() -> None:
+    late = Service("svc", preferred=["db3"], available=["db1"])
+    assert members(late, {"db1"}, None, starting={"db3"}) == []
+    assert members(late, {"db1", "db3"}, [], starting=set()) == ["db3"]
+
+
+def test_a_preferred_group_that_is_not_coming_frees_its_slot() -> None:
+    late = Service("svc", preferred=["db3"], available=["db1"])
+    assert members(late, {"db1"}, None, starting=set()) == ["db1"]
