@@ -412,6 +412,8 @@ async def run_case(
                     case.poll_rate = (after - before) / dt
                     case.poll_bytes_s = (int(v1["out_bytes"]) - int(v0["out_bytes"])) / dt
                     await asyncio.sleep(2.0)  # let the backlog drain
+            else:
+                await asyncio.sleep(2.0)  # the start-up's last messages are out of the window
             names = [n.name for n in spec.nodes]
             victims = ["n1"] if layout == "concentrated" else names[0::2][:runs]
             for victim in victims:

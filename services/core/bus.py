@@ -158,6 +158,12 @@ class Bus:
                 await self.nc.close()
 
 
+def replicas() -> int:
+    """How many copies JetStream keeps of Vigil's buckets and history: 1 on the embedded server,
+    3 on a 3-server cluster (``VIGIL_REPLICAS=3``, set by the compose and k8s deployments)."""
+    return int(os.environ.get("VIGIL_REPLICAS", "1"))
+
+
 async def kv(bus: Bus, bucket: str, *, history: int = 1) -> KeyValue:
     """Open a bucket, creating it when missing (every service may be first to start)."""
     try:
@@ -165,7 +171,9 @@ async def kv(bus: Bus, bucket: str, *, history: int = 1) -> KeyValue:
     except (BucketNotFoundError, NotFoundError):
         try:
             return await bus.js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE)
+                KeyValueConfig(
+                    bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas()
+                )
             )
         except Exception:
             return await bus.js.key_value(bucket)  # lost a creation race: use the winner's
@@ -179,6 +187,7 @@ async def ensure_stream(bus: Bus) -> None:
         storage=StorageType.FILE,
         max_age=7 * 24 * 3600,
         max_msgs=1_000_000,
+        num_replicas=replicas(),
     )
     try:
         await bus.js.add_stream(config)
