@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 
+from . import libnft
+
 __all__ = [
     "Fence",
     "FenceError",
@@ -132,9 +134,12 @@ def _one_line(text: str) -> str:
 class Fence:
     """The lease fence for one interface, in the current network namespace."""
 
-    def __init__(self, ifname: str, table: str = "vigil") -> None:
+    def __init__(self, ifname: str, table: str = "vigil", *, in_process: bool = True) -> None:
         self.ifname = _check_ifname(ifname)
         self.table = _check_table(table)
+        self._in_process = in_process
+        self._lib: libnft.LibNft | None = None  # opened on first use: its netlink socket stays
+        # in the network namespace it was opened in, which must be the fenced node's
 
     async def install(self, vips: Iterable[IPv4Address]) -> None:
         """(Re)create the table atomically with ``vips`` filled and ``leased`` empty."""
@@ -152,6 +157,14 @@ class Fence:
 
     async def _nft(self, script: str, what: str) -> None:
         prefix = f"fence {what} ({self.table} on {self.ifname})"
+        if self._in_process and self._lib is None:
+            self._lib = libnft.load()
+            self._in_process = self._lib is not None
+        if self._lib is not None:
+            error = self._lib.run(script)
+            if error is not None:
+                raise FenceError(f"{prefix}: {_one_line(error)}")
+            return
         try:
             proc = await asyncio.create_subprocess_exec(
                 NFT,
