@@ -44,6 +44,8 @@ from .rules import Snapshot, decide
 
 log = logging.getLogger(__name__)
 
+COMMIT_WINDOW = 256  # placement writes in flight at once
+
 
 async def run_alert(command: str, kind: str, group: str, node: str | None, message: str) -> None:
     """The operator's alert command (cluster.alert), without a shell, bounded in time."""
@@ -214,8 +216,16 @@ class PlacementService(Reconciler):
         snap = self.snapshot()
         if snap is None:
             return
-        for decision in decide(snap):
-            await self.commit(decision, snap.current.get(decision.group))
+        decisions = decide(snap)
+        # Groups are independent: their compare-and-set writes go out together (pipelined on
+        # the one connection), so a node with a thousand groups moves in a few round trips.
+        window = asyncio.Semaphore(COMMIT_WINDOW)
+
+        async def commit(decision: Placement) -> None:
+            async with window:
+                await self.commit(decision, snap.current.get(decision.group))
+
+        await asyncio.gather(*(commit(d) for d in decisions))
         await self.reconcile_services()
 
     async def reconcile_services(self) -> None:
