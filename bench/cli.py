@@ -118,7 +118,7 @@ async def run(args: argparse.Namespace, res: report.Results) -> None:
 
 async def run_failover(args: argparse.Namespace, res: report.Results) -> None:
     res.fence = await asyncio.to_thread(micro.measure_fence, f"{args.prefix}m", 50)
-    log(f"== one fence renewal (nft subprocess): {res.fence.ms(1)} ms (min / p50 / p90 / max)")
+    log(f"== one fence renewal: {res.fence.ms(1)} ms (min / p50 / p90 / max)")
     for name in args.timings.split(","):
         log(f"== failover, {name} timing: {args.runs} runs each")
         res.failover.append(
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             if not any(n.startswith(f"{name}-") for n in namespaces()):
                 shutil.rmtree(lab_dir(name), ignore_errors=True)
     res.facts.load_after = machine.loadavg()
+    res.facts.code_after = machine.fingerprint()
     print(report.console(res))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

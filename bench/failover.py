@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -206,7 +207,9 @@ class LabBench:
             sb = served_by(first)
             assert sb is not None
             victim = sb[0]
-            await asyncio.sleep(0.3)  # a steady baseline of answers before the fault
+            # A steady baseline of answers, then the fault at a random phase of the heartbeat:
+            # the runs must not be in step with the protocol's own timer.
+            await asyncio.sleep(0.3 + random.uniform(0, self.timing.heartbeat))
             t0, _ = await asyncio.to_thread(vigil_node_loss, self.lab.prefix, victim)
             run = NodeLossRun(victim, t0, time.time() - t0)
             try:

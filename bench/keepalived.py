@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -197,7 +198,8 @@ class KeepalivedLab:
             assert sb is not None
             victim = sb[0]
             survivor = next(n for n in NODES if n != victim)
-            await asyncio.sleep(0.3)
+            # The fault at a random phase of the advertisement interval (see failover.py).
+            await asyncio.sleep(0.3 + random.uniform(0, self.cfg.advert))
             t0 = await asyncio.to_thread(self.kill, victim)
             run = KaRun(victim, t0)
             try:

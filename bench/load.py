@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ class LoadResult:
 async def run_load(prefix: str, timing_name: str, seconds: float, log: Log) -> LoadResult:
     cpu = max(os.sched_getaffinity(0))
     busy_argv = ["taskset", "-c", str(cpu), sys.executable, "-c", "while True: pass"]
-    result = LoadResult(timing_name, seconds, cpu, " ".join(busy_argv))
+    result = LoadResult(timing_name, seconds, cpu, shlex.join(busy_argv))
     async with LabBench(prefix, TIMINGS[timing_name], log, nodes=3, groups=3) as lb:
         last: dict[str, float] = {}
         gaps: dict[str, float] = {}

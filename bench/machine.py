@@ -87,6 +87,7 @@ class Facts:
     load_after: str = ""
     other_namespaces: list[str] = field(default_factory=list)
     code: str = ""
+    code_after: str = ""
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -99,10 +100,17 @@ class Facts:
             ("keepalived", self.keepalived),
             ("nats-server", self.nats_server),
             ("Vigil code measured", self.code),
+            (
+                "Vigil code at the end of the run",
+                "unchanged"
+                if self.code_after in ("", self.code)
+                else f"CHANGED during the run: {self.code_after} (processes started after that "
+                "change ran the newer code)",
+            ),
             ("load average before / after", f"{self.load_before} / {self.load_after}"),
             (
-                "other network namespaces on the machine at start",
-                f"{len(self.other_namespaces)} (other people's labs share the 2 cores)",
+                "other people's network namespaces on the machine at start",
+                str(len(self.other_namespaces)),
             ),
         ]
 

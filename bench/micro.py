@@ -1,7 +1,7 @@
 """Micro-measurements that explain a hop: what one fence renewal costs on this machine.
 
-The address service renews its kernel fence (``services.address.fence.Fence.renew``: one
-``nft -f -`` subprocess) on every heartbeat and, before adding an address, on the failover's
+The address service renews its kernel fence (``services.address.fence.Fence.renew``, one
+nftables transaction) on every heartbeat and, before adding an address, on the failover's
 critical path. Measured in a scratch namespace with a veth pair, nothing else in it.
 
     python -m bench.micro fence --count 50      (inside a network namespace)

@@ -306,9 +306,9 @@ def why(res: Results) -> list[str]:
             continue
         per = p50(r.all_decided_s / r.affected for r in c.runs if r.affected)
         lines.append(
-            f"- {c.groups:,} groups re-placed ({c.nodes} nodes): {per * 1000:.2f} ms per group, "
-            "one after the other (placement commits each decision with its own KV round trip "
-            "and publishes before the next)."
+            f"- {c.groups:,} groups re-placed ({c.nodes} nodes): {per * 1000:.2f} ms per group "
+            "in placement (decide over every group, then a compare-and-set KV write, the "
+            "placement_decided and a service_down per group)."
         )
     return ["Where the time went:", "", *lines, ""] if lines else []
 
@@ -328,7 +328,9 @@ def section_failover(res: Results) -> list[str]:
         "",
         "- **node loss**: SIGKILL every process in the node's namespace, then its link down "
         "(`bench/netfault.py`, the same procedure as `Lab.kill`; the clock starts at the first "
-        "SIGKILL). Then the victim is revived, rejoins, and `vigil enable web1` re-enables "
+        "SIGKILL), 0.3 s plus a random delay of up to one heartbeat after the client's first "
+        "answer, so the kill falls at any phase of the heartbeat. Then the victim is revived, "
+        "rejoins, and `vigil enable web1` re-enables "
         "switching (a failover onto the last node of a two-node list disables it, Serviceguard's "
         "rule); the next run kills the other node. One lab per timing set, never rebuilt.",
         "- **app crash**: SIGKILL of the app's process; the supervisor restarts it on the same "
@@ -418,10 +420,10 @@ def section_failover(res: Results) -> list[str]:
     ]
     if res.fence:
         out += [
-            f"One fence renewal (an `nft -f -` subprocess, `bench/micro.py`) takes "
-            f"{res.fence.ms(1)} ms (min / p50 / p90 / max, 50 renewals) on this machine; the "
-            "address service does one before it adds the address (inside the address hop), and "
-            "one per heartbeat.",
+            f"One fence renewal (`Fence.renew`, timed by `bench/micro.py` in a scratch namespace) "
+            f"takes {res.fence.ms(1)} ms (min / p50 / p90 / max, 50 renewals) on this machine; "
+            "the address service does one before it adds the address (inside the address hop), "
+            "and one per heartbeat.",
             "",
         ]
 
@@ -509,7 +511,10 @@ def section_keepalived(res: Results) -> list[str]:
         "Each node runs keepalived (`--vrrp`, both `state BACKUP`, priority 100, `nopreempt`, "
         "so a revived node stays backup and each run kills the current master) and the lab's "
         "demo app bound to 0.0.0.0. Before a victim's link comes back up, the VIP its kernel "
-        "kept is deleted (otherwise two nodes would hold it). Fresh pid file names per start.",
+        "kept is deleted (otherwise two nodes would hold it). Fresh pid file names per start. "
+        "The kill comes 0.3 s plus a random delay of up to one advert_int after the client's "
+        "first answer: the revival and the settling are otherwise in step with the master's "
+        "adverts, which would pin every run to the same phase.",
         "",
     ]
     rows: list[Row] = []

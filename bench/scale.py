@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -291,6 +292,7 @@ class ControlPlane:
         affected = [g for g, (n, _, _) in self.tracker.current.items() if n == victim]
         run = ScaleRun(victim, len(affected))
         varz0, conns0 = await self.server()
+        await asyncio.sleep(random.uniform(0, self.spec.cluster.timing.heartbeat))  # any phase
         reply = await self.ctl(self.worker_of[victim], {"op": "stop", "node": victim})
         t_stop = float(reply["t"])
         deadline = time.monotonic() + timeout
