@@ -297,6 +297,13 @@ class Lab:
             time.sleep(0.05)
         for pid in pids:
             _signal(pid, signal.SIGKILL)
+        # A supervisor that saw its app die from our SIGTERM may have started it again before it
+        # stopped itself: sweep the namespaces until nothing runs in them any more.
+        deadline = time.monotonic() + 5
+        while (left := [p for ns in ours for p in pids_in(ns)]) and time.monotonic() < deadline:
+            for pid in left:
+                _signal(pid, signal.SIGKILL)
+            time.sleep(0.05)
         for ns in ours:
             ip("netns", "del", ns, check=False)
         (self.dir / "lab.json").unlink(missing_ok=True)
