@@ -23,6 +23,7 @@ from schemas.events import (
     AnyEvent,
     AppStarted,
     Event,
+    MonitorsStarted,
     NodeJoined,
     NodeLost,
     PlacementDecided,
@@ -56,6 +57,8 @@ def describe(event: Event) -> str:
             return f"{g}: {a} added, gratuitous ARP sent"
         case AppStarted(group=g, pid=p):
             return f"{g}: app started (pid {p})"
+        case MonitorsStarted(group=g, monitors=m):
+            return f"{g}: monitors on ({', '.join(m) or 'none configured'})"
         case ServiceUp(group=g, node=n):
             return f"{g}: service up on {n}"
         case ServiceDown(group=g, node=n, reason=r):
