@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import shlex
 import shutil
@@ -26,6 +25,8 @@ import time
 import traceback
 from datetime import datetime
 from pathlib import Path
+
+import msgspec
 
 from schemas.cluster import Timing
 from services.lab.lab import lab_dir, require_root
@@ -62,7 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle", type=float, help="idle measurement window, s (default 10, quick 3)")
     p.add_argument("--prefix", default="vbench", help="lab name prefix (default vbench)")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
-    p.add_argument("--json", help="also write the raw results here")
+    p.add_argument(
+        "--json", help="where to write the raw results (default /run/vigil/PREFIX-results.json)"
+    )
+    p.add_argument(
+        "--render", metavar="JSON", help="no measuring: rewrite --out from saved raw results"
+    )
     p.add_argument("--no-install", action="store_true", help="do not apt-get install anything")
     p.add_argument(
         "--keep-logs", action="store_true", help="keep the labs' logs in /run/vigil/PREFIX*"
@@ -182,8 +188,23 @@ SECTION_RUNNERS = {
 }
 
 
+def save(res: report.Results, path: Path) -> None:
+    # json (not msgspec) so that NaN, "not measured", survives the round trip
+    path.write_text(json.dumps(msgspec.to_builtins(res), indent=1))
+
+
+def load_results(path: Path) -> report.Results:
+    return msgspec.convert(json.loads(path.read_text()), report.Results)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        res = load_results(Path(args.render))
+        Path(args.out).write_text(report.markdown(res))
+        print(report.console(res))
+        print(f"wrote {args.out} from {args.render}")
+        return 0
     reason = require_root()
     if reason is not None:
         print(f"bench: {reason}", file=sys.stderr)
@@ -225,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.markdown(res))
     print(f"wrote {out}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(dataclasses.asdict(res), indent=1, default=str))
+    raw = (
+        Path(args.json)
+        if args.json
+        else lab_dir(args.prefix).parent / f"{args.prefix}-results.json"
+    )
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    save(res, raw)
+    print(f"raw results in {raw} (python -m bench --render {raw} rewrites the report)")
     return 1 if res.errors else 0
 
 
