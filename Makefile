@@ -53,15 +53,15 @@ test-e2e: setup ## end-to-end tests in network namespaces (root)
 	$(BIN)/pytest -q tests/e2e
 
 lint: setup ## ruff and import-linter
-	$(BIN)/ruff check services schemas vigil tests
-	$(BIN)/ruff format --check services schemas vigil tests
+	$(BIN)/ruff check services schemas tests bench
+	$(BIN)/ruff format --check services schemas tests bench
 	$(BIN)/lint-imports
 
 typecheck: setup ## mypy --strict on the product code
 	$(BIN)/mypy
 
 schemas: setup ## regenerate schemas/json from the Structs
-	$(BIN)/python -m schemas.generate
+	$(BIN)/python -m vigil.wire.generate
 
 bench: setup ## failover and scale benchmarks; writes docs/benchmarks.md
 	$(BIN)/python -m bench

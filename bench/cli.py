@@ -28,9 +28,9 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.cluster import Timing
-from services.lab.lab import lab_dir, require_root
-from services.lab.netns import namespaces
+from vigil.lab.lab import lab_dir, require_root
+from vigil.lab.netns import namespaces
+from vigil.wire.cluster import Timing
 
 from . import failover, keepalived, load, machine, micro, report, scale
 

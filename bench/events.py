@@ -11,7 +11,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.events import AnyEvent, Event
+from vigil.wire.events import AnyEvent, Event
 
 E = TypeVar("E", bound=Event)
 _DECODE = msgspec.json.Decoder(AnyEvent)

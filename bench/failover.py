@@ -2,7 +2,7 @@
 
 One lab per timing set: two nodes and one group (``web1``, the lab's demo app, preferred on n1,
 possible n2). The client probes the group's address every 10 ms with a 50 ms timeout
-(``services.lab.probe``, through ``services.lab.demo.Probe``).
+(``vigil.lab.probe``, through ``vigil.lab.demo.Probe``).
 
 node loss   kill the node that serves ``web1`` (SIGKILL everything in its namespace, link down:
             ``Lab.kill``), wait for the first answer from the survivor, revive the victim, let it
@@ -31,8 +31,15 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from schemas.cluster import ClusterSpec, Timing
-from schemas.events import (
+from vigil.core import status as status_mod
+from vigil.core.bus import Bus
+from vigil.core.config import load_data
+from vigil.lab.demo import Answer, Probe
+from vigil.lab.lab import Lab, LabState, vip
+from vigil.lab.netns import LabError
+from vigil.lab.specs import generated
+from vigil.wire.cluster import ClusterSpec, Timing
+from vigil.wire.events import (
     AddressAcquired,
     AddressReleased,
     AppFailed,
@@ -43,13 +50,6 @@ from schemas.events import (
     NodeLost,
     PlacementDecided,
 )
-from services import status as status_mod
-from services.core.bus import Bus
-from services.core.config import load_data
-from services.lab.demo import Answer, Probe
-from services.lab.lab import Lab, LabState, vip
-from services.lab.netns import LabError
-from services.lab.specs import generated
 
 from .cleanup import sweep
 from .events import Recorder, ts
@@ -275,7 +275,7 @@ class LabBench:
     async def cli(self, *args: str) -> tuple[int, str]:
         """``vigil ARGS --nats <the lab's door>``, as an operator would type it."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", *args, "--nats", self.state.host_url,
+            sys.executable, "-m", "vigil.cli.main", *args, "--nats", self.state.host_url,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         out, _ = await proc.communicate()

@@ -24,9 +24,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.lab.demo import Probe
-from services.lab.lab import Lab, LabState
-from services.lab.netns import LabError, ip
+from vigil.lab.demo import Probe
+from vigil.lab.lab import Lab, LabState
+from vigil.lab.netns import LabError, ip
 
 from .failover import Log, served_by, teardown
 from .netfault import node_loss
@@ -109,7 +109,7 @@ class KeepalivedLab:
         ns = self.state.ns(node)
         self.starts += 1
         env = {**self.lab.env(), "VIGIL_NODE": node, "VIGIL_GROUP": "vrrp"}
-        app = [sys.executable, "-m", "services.lab.demo_app", "--bind", "0.0.0.0", "--port", "8080"]
+        app = [sys.executable, "-m", "vigil.lab.demo_app", "--bind", "0.0.0.0", "--port", "8080"]
         d = self.lab.dir
         ka = [
             "keepalived", "--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp",

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.core import embedded
-from services.lab.netns import namespaces
+from vigil.core import embedded
+from vigil.lab.netns import namespaces
 
 #: Debian packages the bench needs beyond ``make setup``: keepalived for the side-by-side, and
 #: util-linux for taskset (the busy loop pinned to one core).

@@ -1,6 +1,6 @@
 """Micro-measurements that explain a hop: what one fence renewal costs on this machine.
 
-The address service renews its kernel fence (``services.address.fence.Fence.renew``, one
+The address service renews its kernel fence (``vigil.address.fence.Fence.renew``, one
 nftables transaction) on every heartbeat and, before adding an address, on the failover's
 critical path. Measured in a scratch namespace with a veth pair, nothing else in it.
 
@@ -19,8 +19,8 @@ import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from services.address.fence import Fence
-from services.lab.netns import ip
+from vigil.address.fence import Fence
+from vigil.lab.netns import ip
 
 from .stats import Summary
 

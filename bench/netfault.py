@@ -14,8 +14,8 @@ import signal
 import time
 from collections.abc import Iterable
 
-from services.lab.lab import LabState
-from services.lab.netns import ip, pids_in
+from vigil.lab.lab import LabState
+from vigil.lab.netns import ip, pids_in
 
 
 def node_loss(ns: str, pgids: Iterable[int] = ()) -> tuple[float, int]:

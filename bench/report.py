@@ -329,7 +329,7 @@ def section_failover(res: Results) -> list[str]:
         "",
         "A `vigil lab` with two nodes and one group (`web1`: the lab's demo app, an HTTP server "
         "printing the node and its pid; preferred n1, possible n2). The client in the client "
-        "namespace is the lab's probe (`services.lab.probe`: TCP connect + HTTP GET every 10 ms, "
+        "namespace is the lab's probe (`vigil.lab.probe`: TCP connect + HTTP GET every 10 ms, "
         "50 ms timeout), started before each run. Times are from the fault to the *start* of the "
         "first successful attempt; while the old node's address is dead, an attempt costs its "
         "full 50 ms timeout, so a time is quantised to about 10-50 ms.",

@@ -2,7 +2,7 @@
 
 One nats-server (the embedded one's command line, plus a monitoring port so the server itself
 counts the messages), the real membership and placement services as processes
-(``python -m services.cli membership|placement``), and simulated node agents (``bench.simagent``:
+(``python -m vigil.cli.main membership|placement``), and simulated node agents (``bench.simagent``:
 a few processes, each hosting many nodes as asyncio tasks).
 
 A failover: one node stops heartbeating (its agent goes silent and deaf, like a dead node);
@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.cluster import ClusterSpec, Timing
-from schemas.events import AppStarted, NodeJoined, NodeLost, PlacementDecided
-from services.core import embedded
-from services.core.bus import Bus
-from services.core.clusterconfig import store
-from services.core.config import load_data
-from services.core.subjects import Subjects
+from vigil.core import embedded
+from vigil.core.bus import Bus
+from vigil.core.clusterconfig import store
+from vigil.core.config import load_data
+from vigil.core.subjects import Subjects
+from vigil.wire.cluster import ClusterSpec, Timing
+from vigil.wire.events import AppStarted, NodeJoined, NodeLost, PlacementDecided
 
 from .events import Recorder, ts
 from .failover import Log
@@ -199,7 +199,7 @@ class ControlPlane:
         self.bus = await Bus.connect([self.url], Subjects(), "bench", name="observer")
         await self.recorder.start(self.bus.nc, self.bus.subjects.all_events)
         for role in ("membership", "placement"):
-            self.spawn(role, [sys.executable, "-m", "services.cli", role, "--nats", self.url])
+            self.spawn(role, [sys.executable, "-m", "vigil.cli.main", role, "--nats", self.url])
         t_apply = time.time()
         try:
             await store(self.bus, self.spec)
@@ -362,7 +362,7 @@ async def run_case(
 ) -> ScaleCase:
     case = ScaleCase(nodes, groups, layout)
     spec = scale_spec(nodes, groups, layout, timing)
-    from services.core.config import encode as encode_spec
+    from vigil.core.config import encode as encode_spec
 
     case.config_bytes = len(encode_spec(spec))
     max_payload: str | None = None

@@ -35,7 +35,10 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from schemas.events import (
+from vigil.core.bus import Bus, encode, kv, now
+from vigil.core.clusterconfig import ConfigSource
+from vigil.core.subjects import CONFIG_KEY, Subjects, address_key, app_key
+from vigil.wire.events import (
     AddressAcquired,
     AddressReleased,
     AnyEvent,
@@ -44,10 +47,7 @@ from schemas.events import (
     PlacementDecided,
     ServiceUp,
 )
-from schemas.records import AddressStatus, AppStatus
-from services.core.bus import Bus, encode, kv, now
-from services.core.clusterconfig import ConfigSource
-from services.core.subjects import CONFIG_KEY, Subjects, address_key, app_key
+from vigil.wire.records import AddressStatus, AppStatus
 
 _DECODE = msgspec.json.Decoder(AnyEvent)
 

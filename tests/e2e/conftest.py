@@ -7,7 +7,7 @@ recorded PID alive.
 
 Observers, all inside the lab and bounded in time:
 
-- ``Probe``: the real TCP client (``python -m services.lab.probe``) in the client namespace, via
+- ``Probe``: the real TCP client (``python -m vigil.lab.probe``) in the client namespace, via
   ``ip netns exec``; one JSON line per attempt, collected by a reader thread.
 - ``ArpWatch``: a raw ARP socket in the client namespace that asks "who has VIP?" every 10 ms and
   records every ARP frame that claims the VIP (replies and gratuitous announcements), with the
@@ -41,10 +41,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from services.cli import EXAMPLE
-from services.core.config import load_file
-from services.lab.lab import Lab, LabState, lab_dir
-from services.lab.netns import pids_in
+from vigil.cli.main import EXAMPLE
+from vigil.core.config import load_file
+from vigil.lab.lab import Lab, LabState, lab_dir
+from vigil.lab.netns import pids_in
 
 T = TypeVar("T")
 
@@ -231,7 +231,7 @@ class Answer:
 
 
 class Probe:
-    """``python -m services.lab.probe`` in the client namespace, collected line by line."""
+    """``python -m vigil.lab.probe`` in the client namespace, collected line by line."""
 
     def __init__(self, prefix: str, target: str, duration: float = 240.0) -> None:
         self.answers: list[Answer] = []
@@ -244,7 +244,7 @@ class Probe:
                 f"{prefix}-client",
                 sys.executable,
                 "-m",
-                "services.lab.probe",
+                "vigil.lab.probe",
                 "--target",
                 target,
                 "--interval",

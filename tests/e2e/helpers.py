@@ -40,9 +40,9 @@ import pytest
 # tests/e2e is on sys.path (pytest's default "prepend" import mode, no __init__.py here)
 from test_supervision import EventLog, Seen, cmdline, process_group
 
-from schemas.cluster import ClusterSpec
-from services.lab.lab import BUS_IP, NATS_PORT, Lab, LabState, lab_dir
-from services.lab.netns import namespaces
+from vigil.lab.lab import BUS_IP, NATS_PORT, Lab, LabState, lab_dir
+from vigil.lab.netns import namespaces
+from vigil.wire.cluster import ClusterSpec
 
 
 def _e2e_conftest() -> ModuleType:
@@ -446,7 +446,7 @@ class BehLab:
         return out
 
     def probe_once(self, vip: str, seconds: float = 0.5) -> list[dict[str, Any]]:
-        """``services.lab.probe`` from the client namespace for ``seconds``: its JSON lines."""
+        """``vigil.lab.probe`` from the client namespace for ``seconds``: its JSON lines."""
         proc = run(
             [
                 "ip",
@@ -455,7 +455,7 @@ class BehLab:
                 self.ns("client"),
                 sys.executable,
                 "-m",
-                "services.lab.probe",
+                "vigil.lab.probe",
                 "--target",
                 f"{vip}:{PORT}",
                 "--interval",

@@ -25,15 +25,15 @@ from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
-from services.address.fence import Fence, FenceError
-from services.address.garp import (
+from vigil.address.fence import Fence, FenceError
+from vigil.address.garp import (
     ETH_P_ARP,
     GarpDropped,
     GarpError,
     build_garp_frames,
     send_gratuitous_arp,
 )
-from services.address.netlink import Netlink, NetlinkError
+from vigil.address.netlink import Netlink, NetlinkError
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(30)]
 

@@ -1,7 +1,7 @@
 """Issue 4's nine behaviours of cooperative resource groups, end to end in the lab.
 
 Two labs of our own (prefix ``vbeh<random>``), each a story told in steps (a failed step skips
-the rest of its story), with real clients in the client namespace: ``services.lab.probe``, plain
+the rest of its story), with real clients in the client namespace: ``vigil.lab.probe``, plain
 TCP connects timed from the client namespace, and ``vigil.client.ServiceClient`` in a process of
 its own there. Events are read from the lab's stream (``EventLog``, an ordered JetStream consumer
 on ``vigil.>`` replaying from the start); the operator's view is ``vigil status -o json``.
@@ -48,8 +48,9 @@ from helpers import (
     wait_until,
 )
 
-from schemas.cluster import ClusterSpec
-from schemas.events import (
+from vigil.core.config import load_data
+from vigil.wire.cluster import ClusterSpec
+from vigil.wire.events import (
     AddressAcquired,
     AddressReleased,
     Alert,
@@ -65,12 +66,11 @@ from schemas.events import (
     SwitchingDisabled,
     WatchdogReported,
 )
-from services.core.config import load_data
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 
 HTTP_APP = Path(__file__).resolve().parent / "apps" / "httpapp.py"
-DEMO = "python3 -m services.lab.demo_app --bind ${VIGIL_ADDRESS} --port 8080"
+DEMO = "python3 -m vigil.lab.demo_app --bind ${VIGIL_ADDRESS} --port 8080"
 TIMING = {"heartbeat": "250ms", "lease": "2s"}  # a busy 2-core machine: no false failovers
 STEP = 20.0  # seconds for one step of a story to show (failover, halt, run, switchover)
 REFUSAL_LIMIT = 0.05  # a refused connect must come back within 50 ms

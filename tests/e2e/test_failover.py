@@ -69,7 +69,7 @@ def watch_placement(lab: LabRun, seconds: float, name: str, node: str, epoch: in
         samples += 1
 
 
-def app_pids(ns: str, needle: str = "services.lab.demo_app") -> list[int]:
+def app_pids(ns: str, needle: str = "vigil.lab.demo_app") -> list[int]:
     out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
     found = []
     for pid in out:

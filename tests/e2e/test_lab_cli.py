@@ -25,10 +25,10 @@ import pytest
 from nats.js.api import ConsumerConfig
 from nats.js.errors import BadRequestError
 
-import services
-from services.core.subjects import Subjects
-from services.lab.lab import LabState, lab_dir
-from services.lab.netns import namespaces, pids_in
+import vigil.client
+from vigil.core.subjects import Subjects
+from vigil.lab.lab import LabState, lab_dir
+from vigil.lab.netns import namespaces, pids_in
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -244,10 +244,10 @@ AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 def as_nobody(tools: type[Tools]) -> tuple[list[str], dict[str, str]]:
     """argv prefix and environment that run Vigil's CLI as user nobody: the ``vigil`` script
     when nobody can run this environment's interpreter, else the same CLI module
-    (``python -m services.cli``) with a system interpreter of the same version (this venv's
+    (``python -m vigil.cli.main``) with a system interpreter of the same version (this venv's
     interpreter may live under /root, which nobody cannot enter)."""
     tools.netns_gate()  # runs before the tests' require_netns: same rule
-    root = str(Path(services.__file__).resolve().parent.parent)
+    root = ":".join(str(Path(p).parent) for p in vigil.__path__)
     site = sysconfig.get_paths()["purelib"]
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -259,9 +259,9 @@ def as_nobody(tools: type[Tools]) -> tuple[list[str], dict[str, str]]:
     env["PYTHONPATH"] = f"{root}:{site}"
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for python in (f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
-        check = tools.run([*AS_NOBODY, python, "-c", "import services.cli, msgspec"], env=env)
+        check = tools.run([*AS_NOBODY, python, "-c", "import vigil.cli.main, msgspec"], env=env)
         if check.returncode == 0:
-            return [*AS_NOBODY, python, "-m", "services.cli"], env
+            return [*AS_NOBODY, python, "-m", "vigil.cli.main"], env
     pytest.fail(f"no {version} that user nobody can run Vigil's CLI with")
 
 

@@ -53,8 +53,14 @@ import msgspec
 import pytest
 from nats.js.api import DeliverPolicy
 
-from schemas.cluster import ClusterSpec
-from schemas.events import (
+from vigil.core.bus import Bus
+from vigil.core.clusterconfig import store
+from vigil.core.config import load_data
+from vigil.core.subjects import Subjects
+from vigil.lab.lab import Lab, LabState, lab_dir
+from vigil.lab.netns import namespaces, pids_in
+from vigil.wire.cluster import ClusterSpec
+from vigil.wire.events import (
     AddressAcquired,
     AddressReleased,
     AnyEvent,
@@ -69,12 +75,6 @@ from schemas.events import (
     ServiceDown,
     ServiceUp,
 )
-from services.core.bus import Bus
-from services.core.clusterconfig import store
-from services.core.config import load_data
-from services.core.subjects import Subjects
-from services.lab.lab import Lab, LabState, lab_dir
-from services.lab.netns import namespaces, pids_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 

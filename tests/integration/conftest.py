@@ -21,12 +21,12 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.cluster import ClusterSpec
-from schemas.events import AnyEvent, Event, Heartbeat
-from services.core import embedded
-from services.core.bus import Bus, now
-from services.core.config import load_data
-from services.core.subjects import Subjects
+from vigil.core import embedded
+from vigil.core.bus import Bus, now
+from vigil.core.config import load_data
+from vigil.core.subjects import Subjects
+from vigil.wire.cluster import ClusterSpec
+from vigil.wire.events import AnyEvent, Event, Heartbeat
 
 DEADLINE = 5.0  # seconds: the longest any single expected event may take to arrive
 _DECODER = msgspec.json.Decoder(AnyEvent)

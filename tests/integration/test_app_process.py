@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.supervisor.process import AppProcess
+from vigil.supervisor.process import AppProcess
 
 STUBBORN = (
     f'{sys.executable} -c "import signal, subprocess, sys, time; '

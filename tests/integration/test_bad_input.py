@@ -10,9 +10,9 @@ from __future__ import annotations
 import msgspec
 from nats.aio.client import Client
 
-from schemas.events import Heartbeat, NodeJoined, NodeLost, PlacementDecided
-from services.core.bus import now
-from services.core.subjects import Subjects
+from vigil.core.bus import now
+from vigil.core.subjects import Subjects
+from vigil.wire.events import Heartbeat, NodeJoined, NodeLost, PlacementDecided
 
 from .conftest import Hearts, Services, of, record
 from .test_membership import start_membership

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from schemas.events import ConfigApplied
-from schemas.records import AddressStatus, AppStatus, NodeRecord, Placement
-from services.core import config as config_mod
-from services.core import embedded
-from services.core.bus import encode, kv, now
-from services.core.subjects import CONFIG_KEY, Subjects, address_key, app_key
+from vigil.core import config as config_mod
+from vigil.core import embedded
+from vigil.core.bus import encode, kv, now
+from vigil.core.subjects import CONFIG_KEY, Subjects, address_key, app_key
+from vigil.wire.events import ConfigApplied
+from vigil.wire.records import AddressStatus, AppStatus, NodeRecord, Placement
 
 from .conftest import DEADLINE, Services, of, record
 
@@ -60,7 +60,7 @@ async def vigil(*args: str, root: str) -> Result:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "vigil.cli.main",
         *args,
         cwd=REPO,
         env=env,

@@ -9,9 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from schemas.cluster import App, Group, Restart
-from services.supervisor.lifecycle import GroupRun
-from services.supervisor.restarts import RestartTracker
+from vigil.supervisor.lifecycle import GroupRun
+from vigil.supervisor.restarts import RestartTracker
+from vigil.wire.cluster import App, Group, Restart
 
 
 class Recorder:

@@ -9,10 +9,10 @@ import os
 import subprocess
 import sys
 
-from schemas.events import NodeLost
-from services.core.bus import Bus, ensure_stream
-from services.core.subjects import Subjects
-from services.events_cli import show
+from vigil.cli.events import show
+from vigil.core.bus import Bus, ensure_stream
+from vigil.core.subjects import Subjects
+from vigil.wire.events import NodeLost
 
 
 async def test_history_is_kept_and_printed(nats_url: str, subjects: Subjects) -> None:
@@ -41,7 +41,7 @@ async def test_history_is_kept_and_printed(nats_url: str, subjects: Subjects) ->
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "vigil.cli.main",
             "events",
             "-o",
             "json",
@@ -62,7 +62,7 @@ async def test_history_is_kept_and_printed(nats_url: str, subjects: Subjects) ->
 
 def test_bad_since_is_a_usage_error() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "events", "--since", "yesterday"],
+        [sys.executable, "-m", "vigil.cli.main", "events", "--since", "yesterday"],
         capture_output=True,
         text=True,
         timeout=60,

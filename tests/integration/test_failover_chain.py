@@ -6,10 +6,10 @@ import time
 
 from nats.aio.client import Client
 
-from schemas.events import NodeJoined, NodeLost, PlacementDecided
-from services.core.clusterconfig import store
-from services.core.subjects import Subjects
-from services.placement.service import PlacementService
+from vigil.core.clusterconfig import store
+from vigil.core.subjects import Subjects
+from vigil.placement.service import PlacementService
+from vigil.wire.events import NodeJoined, NodeLost, PlacementDecided
 
 from .conftest import Hearts, Services, group, make_spec, of, record
 from .test_membership import LEASE, ProbedMembership

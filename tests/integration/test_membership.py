@@ -7,12 +7,12 @@ import asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.events import NodeJoined, NodeLost
-from schemas.records import NodeRecord
-from services.core.bus import get_record, kv
-from services.core.clusterconfig import store
-from services.core.subjects import Subjects
-from services.membership.service import Membership
+from vigil.core.bus import get_record, kv
+from vigil.core.clusterconfig import store
+from vigil.core.subjects import Subjects
+from vigil.membership.service import Membership
+from vigil.wire.events import NodeJoined, NodeLost
+from vigil.wire.records import NodeRecord
 
 from .conftest import DEADLINE, Hearts, Services, make_spec, of, record
 

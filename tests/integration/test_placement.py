@@ -17,7 +17,12 @@ import pytest
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from schemas.events import (
+from vigil.core.bus import encode, get_record, kv, now
+from vigil.core.clusterconfig import store
+from vigil.core.reconciler import RESYNC
+from vigil.core.subjects import Subjects, address_key
+from vigil.placement.service import PlacementService
+from vigil.wire.events import (
     AddressAcquired,
     AddressReleased,
     Alert,
@@ -27,12 +32,7 @@ from schemas.events import (
     PlacementDecided,
     SwitchingDisabled,
 )
-from schemas.records import AddressStatus, NodeRecord, NodeState, Placement
-from services.core.bus import encode, get_record, kv, now
-from services.core.clusterconfig import store
-from services.core.reconciler import RESYNC
-from services.core.subjects import Subjects, address_key
-from services.placement.service import PlacementService
+from vigil.wire.records import AddressStatus, NodeRecord, NodeState, Placement
 
 from .conftest import DEADLINE, Recorder, Services, group, make_spec, of, record
 

@@ -10,10 +10,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from schemas.events import NodeLost, PlacementDecided
-from services.core import tracing
-from services.core.bus import Bus
-from services.core.subjects import Subjects
+from vigil.core import tracing
+from vigil.core.bus import Bus
+from vigil.core.subjects import Subjects
+from vigil.wire.events import NodeLost, PlacementDecided
 
 EXPORTER = InMemorySpanExporter()
 

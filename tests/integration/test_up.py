@@ -20,7 +20,7 @@ def test_up_starts_an_embedded_nats_and_status_works(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "vigil.cli.main",
             "up",
             "-f",
             str(ROOT / "examples" / "lab.yaml"),
@@ -46,7 +46,7 @@ def test_up_starts_an_embedded_nats_and_status_works(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while True:
             out = subprocess.run(
-                [sys.executable, "-m", "services.cli", "status", "-o", "json", "--nats", url],
+                [sys.executable, "-m", "vigil.cli.main", "status", "-o", "json", "--nats", url],
                 capture_output=True,
                 text=True,
                 env=env,

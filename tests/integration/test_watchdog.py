@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from services.supervisor.process import group_alive
-from services.supervisor.watchdog import Watchdog
+from vigil.supervisor.process import group_alive
+from vigil.supervisor.watchdog import Watchdog
 
 
 class Reports:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Interface
 
-from services.address.plan import Acquire, Release, Want, plan
+from vigil.address.plan import Acquire, Release, Want, plan
 
 A = IPv4Interface("10.213.0.101/24")
 B = IPv4Interface("10.213.0.102/24")

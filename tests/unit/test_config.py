@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.core.config import ConfigError, load_file, load_text
-from services.core.durations import format_duration, parse_duration
+from vigil.core.config import ConfigError, load_file, load_text
+from vigil.core.durations import format_duration, parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -657,7 +657,7 @@ def check_cluster_file(doc: dict[str, Any]) -> None:
 
 
 def test_k8s_example_cluster_file_passes_the_real_loader() -> None:
-    config = pytest.importorskip("services.core.config")
+    config = pytest.importorskip("vigil.core.config")
     for _, doc in k8s_objects():
         if doc.get("kind") == "ConfigMap" and "cluster.yaml" in (doc.get("data") or {}):
             config.load_text(doc["data"]["cluster.yaml"])

@@ -6,8 +6,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from services.address.fence import FenceError, render_remove, render_renew, render_ruleset
-from services.address.fence import _one_line as one_line
+from vigil.address.fence import FenceError, render_remove, render_renew, render_ruleset
+from vigil.address.fence import _one_line as one_line
 
 VIP1 = IPv4Address("10.213.99.10")
 VIP2 = IPv4Address("10.213.99.11")

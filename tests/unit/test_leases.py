@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.membership.leases import Joined, Leases, Lost
+from vigil.membership.leases import Joined, Leases, Lost
 
 
 def test_join_then_lost_after_the_lease() -> None:

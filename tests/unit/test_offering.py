@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.cluster import Service
-from services.placement.offering import members
+from vigil.placement.offering import members
+from vigil.wire.cluster import Service
 
 SALES = Service("sales", preferred=["db1", "db2"], available=["db3"])
 AUTO = Service("sales", preferred=["db1", "db2"], available=["db3"], failback="auto")

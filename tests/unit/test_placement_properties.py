@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.records import Placement
-from services.core.config import load_data
-from services.placement.rules import Snapshot, decide, next_live
+from vigil.core.config import load_data
+from vigil.placement.rules import Snapshot, decide, next_live
+from vigil.wire.records import Placement
 
 NODES = [f"n{i}" for i in range(1, 6)]
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from schemas.records import Intent, Placement
-from services.core.config import load_data
-from services.placement.rules import Snapshot, decide
+from vigil.core.config import load_data
+from vigil.placement.rules import Snapshot, decide
+from vigil.wire.records import Intent, Placement
 
 SCENARIOS = sorted((Path(__file__).parent.parent / "scenarios" / "placement").glob("*.yaml"))
 

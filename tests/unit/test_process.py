@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.supervisor.process import render_command
+from vigil.supervisor.process import render_command
 
 
 def test_variables_are_substituted_before_splitting() -> None:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from schemas.cluster import Restart as Policy
-from services.supervisor.restarts import GiveUp, Restart, RestartTracker
+from vigil.supervisor.restarts import GiveUp, Restart, RestartTracker
+from vigil.wire.cluster import Restart as Policy
 
 
 def tracker(**kw: float) -> RestartTracker:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from schemas import events
-from schemas.generate import OUT, render
+from vigil.wire import events
+from vigil.wire.generate import OUT, render
 
 
 def test_committed_json_schemas_match_the_code() -> None:

@@ -1,0 +1,288 @@
+"""The address service's I/O: heartbeats and the fence, netlink, gratuitous ARP, events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from ipaddress import IPv4Address, IPv4Interface
+
+from vigil.wire.cluster import ClusterSpec
+from vigil.wire.events import (
+    AddressAcquired,
+    AddressReleased,
+    AppFailed,
+    AppStopFailed,
+    AppStopped,
+    ConfigApplied,
+    Heartbeat,
+    PlacementDecided,
+)
+from vigil.wire.records import AddressStatus, AppStatus, Placement
+
+from ..core.bus import Bus, all_records, encode, get_record, kv
+from ..core.reconciler import Reconciler, note_placement
+from ..core.subjects import address_key, app_key
+from .fence import Fence
+from .garp import GarpDropped, send_gratuitous_arp
+from .netlink import Netlink
+from .plan import Acquire, Release, Want, plan
+
+log = logging.getLogger(__name__)
+
+
+def fence_ttl(heartbeat: float, lease: float) -> float:
+    """How long one renewal keeps our addresses answering. See docs/safety.md: the fence must
+    lapse before membership may declare us lost (lease), with a heartbeat of slack for the
+    round trip and another for clock drift and scheduling."""
+    return lease - 2 * heartbeat
+
+
+class AddressService(Reconciler):
+    def __init__(self, bus: Bus, node: str, interface: str | None = None) -> None:
+        super().__init__(bus)
+        self.node = node
+        self.interface = interface
+        self.held: dict[str, int] = {}  # group -> epoch we acquired it at
+        # Addresses this node holds or held, by group, as it last announced them: a group that
+        # left the cluster file still has its address released (and fenced until then).
+        self.remembered: dict[IPv4Interface, str] = {}
+        self.retry_after_heartbeat = False
+        self.fence_expiry = 0.0  # monotonic time our current lease lapses
+        self.fence: Fence | None = None
+        self.netlink: Netlink | None = None
+
+    # -- set-up --------------------------------------------------------------------------------
+    def ifname(self, spec: ClusterSpec) -> str:
+        if self.interface:
+            return self.interface
+        node = next((n for n in spec.nodes if n.name == self.node), None)
+        return node.interface if node else "eth0"
+
+    def managed(self) -> dict[IPv4Interface, str]:
+        spec = self.config.spec
+        current = {IPv4Interface(g.address): g.name for g in spec.groups} if spec else {}
+        return {**self.remembered, **current}
+
+    async def run(self) -> None:
+        s = self.bus.subjects
+        while self.config.spec is None:  # nothing to do, and no lease to hold, before a config
+            await self.config.refresh()
+            if self.config.spec is None:
+                await asyncio.sleep(0.5)
+        assert self.config.spec is not None
+        ifname = self.ifname(self.config.spec)
+        # pyroute2's IPRoute is synchronous and refuses to run on the loop's thread.
+        self.netlink = await asyncio.to_thread(Netlink, ifname)
+        self.fence = Fence(ifname)
+        await self.fence.install(self.vips())  # no lease yet: nothing of ours answers
+        observed = await kv(self.bus, s.bucket_observed)
+        self.observed = observed
+        for status in (
+            await all_records(observed, AddressStatus, f"address.{self.node}.")
+        ).values():
+            if status.held:
+                self.remembered[IPv4Interface(status.address)] = status.group
+        self.placement_bucket = await kv(self.bus, s.bucket_placement)
+        self.placements = self.cache(self.placement_bucket, Placement)
+        self.apps = self.cache(observed, AppStatus, keys=f"app.{self.node}.>")
+        await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
+        for what in ("stopped", "failed", "stop_failed"):
+            await self.bus.subscribe(
+                s.all_app_events(self.node, what),
+                (AppStopped, AppFailed, AppStopFailed),
+                self.on_app,
+            )
+        await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
+        log.info("address service for node %s on %s", self.node, ifname)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.heartbeat_loop(), name="heartbeat")
+                self.start(tg)
+        finally:
+            await asyncio.to_thread(self.netlink.close)
+
+    def vips(self) -> list[IPv4Address]:
+        return [a.ip for a in self.managed()]
+
+    def timing(self) -> tuple[float, float]:
+        spec = self.config.spec
+        assert spec is not None
+        return spec.cluster.timing.heartbeat, spec.cluster.timing.lease
+
+    # -- the lease -----------------------------------------------------------------------------
+    async def heartbeat_loop(self) -> None:
+        """Say we are alive; once the server has it (flush), extend the kernel fence."""
+        assert self.fence is not None
+        while True:
+            heartbeat, lease = self.timing()
+            ttl = fence_ttl(heartbeat, lease)
+            started = time.monotonic()
+            try:
+                await self.bus.nc.publish(
+                    self.bus.subjects.heartbeat(self.node),
+                    encode(Heartbeat(**self.bus.stamp(), node=self.node)),
+                )
+                if not await self.bus.round_trip(max(heartbeat, 0.05)):
+                    raise TimeoutError(f"no answer from the server within {heartbeat:g}s")
+                # A lease may only be extended while it still holds: once it lapsed (we were
+                # frozen, or cut off) the cluster may have moved our groups, so let go first.
+                if self.held and time.monotonic() >= self.fence_expiry:
+                    await self.drop_all("lease lapsed")
+                # The lease counts from when the heartbeat left, not from now: a slow flush or
+                # a slow nft must shorten the fence, never stretch it (docs/safety.md).
+                expiry = started + ttl
+                await self.renew_fence(expiry)
+                self.fence_expiry = expiry
+                if self.retry_after_heartbeat:
+                    self.retry_after_heartbeat = False
+                    self.dirty.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "heartbeat not acknowledged (%s); lease runs out in %.3fs",
+                    exc,
+                    self.fence_expiry - time.monotonic(),
+                )
+            if time.monotonic() >= self.fence_expiry and self.held:
+                await self.drop_all("lease lapsed")
+            await asyncio.sleep(max(0.0, started + heartbeat - time.monotonic()))
+
+    async def renew_fence(self, expiry: float) -> None:
+        """Lease what we hold until ``expiry`` (monotonic); nothing if that is already past."""
+        assert self.fence is not None
+        before = time.monotonic()
+        remaining_ms = int((expiry - before) * 1000)
+        leased = self.leased() if remaining_ms > 0 else []
+        await self.fence.renew(leased, max(remaining_ms, 1), self.vips())
+        if leased and time.monotonic() > expiry:
+            # We stalled between reading the clock and nft's commit (a freeze, a starved CPU):
+            # the kernel got a lease that reaches past ``expiry``. Take it back at once.
+            log.error("fence renewal stalled past its own expiry; withdrawing the lease")
+            await self.fence.renew([], 1, self.vips())
+
+    def leased(self) -> list[IPv4Address]:
+        by_group = {g: a for a, g in self.managed().items()}
+        return [by_group[g].ip for g in self.held if g in by_group]
+
+    def in_lease(self) -> bool:
+        return time.monotonic() < self.fence_expiry
+
+    async def drop_all(self, why: str) -> None:
+        """Our lease lapsed: the cluster may already have moved our groups. Let go of everything
+        locally; the next reconcile re-reads the bus before taking anything back."""
+        assert self.netlink is not None
+        log.error("%s: releasing every address held here", why)
+        managed = self.managed()
+        netlink = self.netlink
+        for address in await asyncio.to_thread(netlink.addresses) & managed.keys():
+            await asyncio.to_thread(netlink.remove, address)
+        self.held.clear()
+        self.dirty.set()
+
+    # -- edge triggers -------------------------------------------------------------------------
+    async def on_placement(self, event: PlacementDecided) -> None:
+        if note_placement(self.placements, event):
+            self.dirty.set()
+
+    async def on_app(self, event: AppStopped | AppFailed | AppStopFailed) -> None:
+        key = app_key(self.node, event.group)
+        self.apps.note(
+            key, self.apps.revision(key) or 0, AppStatus(event.group, self.node, False, event.epoch)
+        )
+        self.dirty.set()
+
+    # -- reconcile -----------------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        spec = self.config.spec
+        assert spec is not None and self.netlink is not None
+        groups = {g.name: g for g in spec.groups}
+        desired = {
+            p.group: Want(p.group, IPv4Interface(groups[p.group].address), p.epoch)
+            for p in self.placements.values().values()
+            if p.node == self.node and p.group in groups
+        }
+        running = {a.group for a in self.apps.values().values() if a.running}
+        actual = await asyncio.to_thread(self.netlink.addresses)
+        # Forget holdings whose address vanished (removed by hand, or by the kernel).
+        managed = self.managed()
+        for group in list(self.held):
+            if not any(managed.get(a) == group for a in actual):
+                del self.held[group]
+        moving = {p.group for p in self.placements.values().values() if p.moving_to is not None}
+        for action in plan(desired, managed, actual, self.held, running, moving):
+            if isinstance(action, Release):
+                await self.release(action)
+            else:
+                await self.acquire(action)
+
+    async def acquire(self, action: Acquire) -> None:
+        assert self.netlink is not None and self.fence is not None
+        if not self.in_lease():
+            log.info("not acquiring %s: this node holds no lease right now", action.group)
+            self.retry_after_heartbeat = True
+            return
+        # Read the decision fresh from the bus: a cache can lag behind after a reconnect, and
+        # acquiring on a stale decision is how an address ends up on two nodes.
+        fresh = await get_record(self.placement_bucket, action.group, Placement)
+        if fresh is None or fresh.node != self.node or fresh.epoch != action.epoch:
+            log.info("not acquiring %s: placement moved on (%s)", action.group, fresh)
+            self.dirty.set()
+            return
+        self.held[action.group] = action.epoch
+        self.remembered[action.address] = action.group
+        # Lease first, then the address: the address must answer the moment it exists.
+        await self.renew_fence(self.fence_expiry)
+        await asyncio.to_thread(self.netlink.add, action.address)
+        try:
+            send_gratuitous_arp(self.netlink.ifname, action.address.ip, count=1)
+        except GarpDropped:
+            # The fence dropped it: our lease ran out while we were acquiring (a starved CPU).
+            # Undo, and try again once the next heartbeat has renewed the lease.
+            log.warning(
+                "lease ran out while acquiring %s; retrying after the next heartbeat", action.group
+            )
+            self.held.pop(action.group, None)
+            await asyncio.to_thread(self.netlink.remove, action.address)
+            self.retry_after_heartbeat = True
+            return
+        except OSError as exc:  # the address is up and leased: announce it all the same
+            log.warning("gratuitous ARP for %s failed: %s", action.address, exc)
+        log.info("acquired %s for %s (epoch %d)", action.address, action.group, action.epoch)
+        await self.announce(action.group, action.address, action.epoch, held=True)
+        # A second announcement a little later catches a neighbour that missed the first.
+        asyncio.get_running_loop().call_later(
+            0.2, self._garp_again, self.netlink.ifname, action.address.ip, action.group
+        )
+
+    def _garp_again(self, ifname: str, ip: IPv4Address, group: str) -> None:
+        if group in self.held:
+            try:
+                send_gratuitous_arp(ifname, ip, count=1)
+            except OSError as exc:
+                log.warning("repeat gratuitous ARP for %s failed: %s", ip, exc)
+
+    async def release(self, action: Release) -> None:
+        assert self.netlink is not None and self.fence is not None
+        epoch = self.held.pop(action.group, 0)
+        await asyncio.to_thread(self.netlink.remove, action.address)
+        self.remembered.pop(action.address, None)
+        await self.renew_fence(self.fence_expiry)
+        log.info("released %s of %s", action.address, action.group)
+        placement = self.placements.get(action.group)
+        await self.announce(
+            action.group, action.address, placement.epoch if placement else epoch, held=False
+        )
+
+    async def announce(self, group: str, address: IPv4Interface, epoch: int, *, held: bool) -> None:
+        s = self.bus.subjects
+        kind = AddressAcquired if held else AddressReleased
+        await self.bus.publish(
+            s.address(self.node, group, "acquired" if held else "released"),
+            kind(
+                **self.bus.stamp(), group=group, node=self.node, address=str(address), epoch=epoch
+            ),
+        )
+        status = AddressStatus(group, self.node, str(address), held, epoch)
+        await self.observed.put(address_key(self.node, group), encode(status))

@@ -1,0 +1,476 @@
+"""``vigil``: the operator's command line, and the entry point of every service.
+
+Exit codes: 0 success, 1 failure (a one-line reason on stderr), 2 usage or missing privileges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from importlib.resources import files
+from pathlib import Path
+
+import msgspec
+
+from vigil.wire.cluster import ClusterSpec
+from vigil.wire.records import Admin
+
+from ..core import config as config_mod
+from ..core.bus import Bus, nats_urls
+from ..core.subjects import Subjects
+
+# The example cluster files ship inside the package, so an installed wheel finds them too.
+EXAMPLE = Path(str(files("vigil.lab") / "examples" / "lab.yaml"))
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"vigil: {message}", file=sys.stderr)
+    return code
+
+
+def client_urls(args: argparse.Namespace) -> list[str]:
+    """For operator commands: --nats, VIGIL_NATS_URL, else the running lab's door, else local."""
+    if args.nats or os.environ.get("VIGIL_NATS_URL"):
+        return nats_urls(args.nats)
+    from ..lab.lab import LabState
+
+    state = LabState.load(getattr(args, "prefix", None) or "vlab")
+    return [state.host_url] if state else nats_urls(None)
+
+
+async def connect(args: argparse.Namespace, service: str, name: str | None = None) -> Bus:
+    return await Bus.connect(nats_urls(args.nats), Subjects.from_env(), service, name=name)
+
+
+# -- operator commands ---------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        spec = config_mod.load_file(args.file)
+    except config_mod.ConfigError as exc:
+        return fail(f"{args.file}: {exc}")
+    print(f"{args.file}: valid ({len(spec.nodes)} nodes, {len(spec.groups)} groups)")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    try:
+        spec = config_mod.load_file(args.file)
+    except config_mod.ConfigError as exc:
+        return fail(f"{args.file}: {exc} (nothing applied)")
+    from ..core.clusterconfig import store
+
+    async def go() -> int:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            return await store(bus, spec)
+        finally:
+            await bus.close()
+
+    try:
+        revision = asyncio.run(go())
+    except Exception as exc:
+        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+    print(f"applied {args.file} as revision {revision}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ..core import status
+
+    async def go() -> status.StatusView:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            return await status.read(bus)
+        finally:
+            await bus.close()
+
+    try:
+        view = asyncio.run(go())
+    except Exception as exc:
+        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+    if args.output == "json":
+        print(msgspec.json.encode(view).decode())
+    else:
+        print(status.render_table(view))
+    return 0
+
+
+# -- services ------------------------------------------------------------------------------------
+def node_name(args: argparse.Namespace) -> str | None:
+    return args.node or os.environ.get("VIGIL_NODE")
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from ..core.runner import run
+
+    service = args.command
+    node = node_name(args) if service in ("address", "supervisor") else None
+    if service in ("address", "supervisor") and not node:
+        return fail(f"{service}: --node (or VIGIL_NODE) is required", 2)
+
+    async def main() -> None:
+        bus = await connect(args, service, name=node)
+        try:
+            if service == "membership":
+                from ..membership.service import Membership
+
+                await Membership(bus).run()
+            elif service == "placement":
+                from ..placement.service import PlacementService
+
+                await PlacementService(bus).run()
+            elif service == "address":
+                from ..address.service import AddressService
+
+                assert node is not None
+                await AddressService(bus, node, args.interface).run()
+            else:
+                from ..supervisor.service import Supervisor
+
+                assert node is not None
+                state_dir = Path(args.state_dir or f"/var/lib/vigil/{node}")
+                await Supervisor(bus, node, state_dir).run()
+        finally:
+            await bus.close()
+
+    return run(main(), service)
+
+
+def cmd_nats(args: argparse.Namespace) -> int:
+    """The embedded broker in the foreground (JetStream on, data in the state directory)."""
+    from ..core import embedded
+
+    state = Path(args.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    argv = embedded.server_command(args.host, args.port, state)
+    print(
+        f"vigil: embedded NATS on nats://{args.host}:{args.port}, data in {state}", file=sys.stderr
+    )
+    os.execv(argv[0], argv)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The tail of a group's log, asked of the supervisor on the node (the group's node by
+    default)."""
+    from vigil.wire.records import Placement
+
+    from ..core.bus import get_record, kv
+
+    async def go() -> bytes:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            node = args.node
+            if node is None:
+                placement = await get_record(
+                    await kv(bus, bus.subjects.bucket_placement), args.group, Placement
+                )
+                if placement is None or placement.node is None:
+                    raise LookupError(f"group {args.group!r} runs nowhere; give --node")
+                node = placement.node
+            reply = await bus.nc.request(
+                bus.subjects.logs_request(node), args.group.encode(), timeout=3
+            )
+            return bytes(reply.data)
+        finally:
+            await bus.close()
+
+    try:
+        data = asyncio.run(go())
+    except LookupError as exc:
+        return fail(str(exc))
+    except Exception as exc:
+        return fail(f"no answer from the supervisor: {exc}")
+    lines = data.decode(errors="replace").splitlines()
+    print("\n".join(lines[-args.lines :]))
+    return 0
+
+
+def cmd_intent(args: argparse.Namespace) -> int:
+    """halt / run / switchover: an operator's intent, stored and announced on the bus."""
+    from . import intents
+
+    async def go() -> str:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            if args.command == "switchover":
+                old, new = await intents.switchover(bus, args.group, args.to)
+                return f"{args.group}: switchover from {old} to {new} requested"
+            if args.command == "enable":
+                await intents.enable(bus, args.group)
+                return f"{args.group}: switching enabled, failures forgotten"
+            if args.command == "halt":
+                admin: Admin = "offline" if args.keep_address else "halted"
+                await intents.set_admin(bus, args.group, admin)
+                return f"{args.group}: {admin} requested"
+            await intents.set_admin(bus, args.group, "run")
+            return f"{args.group}: run requested"
+        finally:
+            await bus.close()
+
+    try:
+        print(asyncio.run(go()))
+    except intents.IntentError as exc:
+        return fail(str(exc))
+    except Exception as exc:
+        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from ..core.durations import parse_duration
+    from .events import show
+
+    try:
+        since = timedelta(seconds=parse_duration(args.since)) if args.since else None
+    except ValueError as exc:
+        return fail(f"--since: {exc}", 2)
+
+    async def go() -> None:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            await show(bus, since, args.follow, args.output == "json")
+        finally:
+            await bus.close()
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        return fail(f"cannot read events from {','.join(client_urls(args))}: {exc}")
+    return 0
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    from ..core.endpoints import Endpoint, endpoints
+
+    async def go() -> list[Endpoint]:
+        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        try:
+            return await endpoints(bus, args.service)
+        finally:
+            await bus.close()
+
+    try:
+        live = asyncio.run(go())
+    except LookupError as exc:
+        return fail(str(exc.args[0]))
+    except Exception as exc:
+        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+    if args.output == "json":
+        print(msgspec.json.encode(live).decode())
+    elif not live:
+        print(f"service {args.service}: no live endpoint")
+    else:
+        for e in live:
+            print(f"{e.address:<16} {e.group:<12} {e.node}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .up import up
+
+    return up(args.file, node_name(args), args.interface, Path(args.state_dir), args.nats)
+
+
+# -- the lab -------------------------------------------------------------------------------------
+def cmd_lab(args: argparse.Namespace) -> int:
+    from ..lab import lab as lab_mod
+    from ..lab.netns import LabError
+
+    reason = lab_mod.require_root()
+    if reason is not None:
+        return fail(f"lab {args.lab_command}: {reason}", 2)
+    lab = lab_mod.Lab(args.prefix)
+    try:
+        if args.lab_command == "up":
+            spec = lab_spec(args)
+            state = lab.up(spec)
+            print(f"lab {args.prefix} is up: {len(state.nodes)} nodes, NATS at {state.host_url}")
+            print(f"  watch it:  nats sub -s {state.host_url} 'vigil.>'")
+            print("  status:    vigil status")
+        elif args.lab_command == "down":
+            removed = lab.down()
+            print(f"lab {args.prefix} is down ({len(removed)} namespaces removed)")
+        elif args.lab_command == "kill":
+            killed = lab.kill(args.node)
+            print(f"node {args.node} killed ({len(killed)} processes) and its link is down")
+        elif args.lab_command == "revive":
+            lab.revive(args.node)
+            print(f"node {args.node} revived")
+        elif args.lab_command == "info":
+            state = lab.state()
+            info = {
+                "prefix": state.prefix,
+                "nats_url": state.host_url,
+                "nodes": state.nodes,
+                "namespaces": [state.ns(w) for w in ("bus", *state.nodes, "client")],
+                "logs": str(lab.dir),
+            }
+            print(
+                msgspec.json.encode(info).decode()
+                if args.output == "json"
+                else "\n".join(f"{k}: {v}" for k, v in info.items())
+            )
+        elif args.lab_command == "exec":
+            state = lab.state()
+            who = args.who
+            if who not in (*state.nodes, "client", "bus"):
+                return fail(f"lab exec: unknown node {who!r}", 2)
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            if not cmd:
+                return fail("lab exec: give a command after --", 2)
+            return subprocess.call(["ip", "netns", "exec", state.ns(who), *cmd], env=lab.env())
+        elif args.lab_command == "demo":
+            from ..lab.demo import run_demo
+
+            return run_demo(lab, lab_spec(args))
+    except (LabError, config_mod.ConfigError) as exc:
+        return fail(f"lab {args.lab_command}: {exc}")
+    return 0
+
+
+def lab_spec(args: argparse.Namespace) -> ClusterSpec:
+    from ..lab.specs import generated
+
+    if args.file:
+        spec = config_mod.load_file(args.file)
+        if args.nodes and args.nodes != len(spec.nodes):
+            raise config_mod.ConfigError(
+                "nodes", f"{args.file} has {len(spec.nodes)} nodes, not {args.nodes}"
+            )
+        return spec
+    if args.nodes:
+        return generated(args.nodes)
+    return config_mod.load_file(EXAMPLE)
+
+
+# -- the parser ----------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vigil", description="Vigil: cooperative resource groups")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_nats(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument(
+            "--nats",
+            help="NATS URL(s), comma-separated (default: $VIGIL_NATS_URL, "
+            "the running lab, or nats://127.0.0.1:4222)",
+        )
+        return sp
+
+    v = sub.add_parser("validate", help="check a cluster file; change nothing")
+    v.add_argument("-f", "--file", required=True)
+    v.set_defaults(func=cmd_validate)
+    a = with_nats(sub.add_parser("apply", help="validate and store a cluster file on the bus"))
+    a.add_argument("-f", "--file", required=True)
+    a.set_defaults(func=cmd_apply, prefix="vlab")
+    s = with_nats(sub.add_parser("status", help="nodes and groups, as the bus sees them"))
+    s.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    s.set_defaults(func=cmd_status, prefix="vlab")
+
+    ep = with_nats(sub.add_parser("endpoints", help="live endpoints of a service"))
+    ep.add_argument("service")
+    ep.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    ep.set_defaults(func=cmd_endpoints, prefix="vlab")
+    ev = with_nats(sub.add_parser("events", help="what happened: the event history"))
+    ev.add_argument("--since", help="only events younger than this, e.g. 10m")
+    ev.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    ev.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    ev.set_defaults(func=cmd_events, prefix="vlab")
+    sw = with_nats(sub.add_parser("switchover", help="planned move of a group to another node"))
+    sw.add_argument("group")
+    sw.add_argument("--to", help="target node (default: the next live node in its list)")
+    sw.set_defaults(func=cmd_intent, prefix="vlab")
+    ht = with_nats(sub.add_parser("halt", help="stop a group (halt method); it stays halted"))
+    ht.add_argument("group")
+    ht.add_argument(
+        "--keep-address",
+        action="store_true",
+        help="keep its address up (offline: clients are refused at once)",
+    )
+    ht.set_defaults(func=cmd_intent, prefix="vlab")
+    rn = with_nats(sub.add_parser("run", help="run a halted or offline group again"))
+    rn.add_argument("group")
+    rn.set_defaults(func=cmd_intent, prefix="vlab")
+    en = with_nats(
+        sub.add_parser("enable", help="re-enable switching for a group, forget its failures")
+    )
+    en.add_argument("group")
+    en.set_defaults(func=cmd_intent, prefix="vlab")
+
+    lg = with_nats(sub.add_parser("logs", help="the tail of a group's application log"))
+    lg.add_argument("group")
+    lg.add_argument("--node", help="ask this node (default: where the group runs)")
+    lg.add_argument("-n", "--lines", type=int, default=100)
+    lg.set_defaults(func=cmd_logs, prefix="vlab")
+
+    for name, text in (
+        ("membership", "run the membership service"),
+        ("placement", "run the placement service"),
+    ):
+        with_nats(sub.add_parser(name, help=text)).set_defaults(func=cmd_service)
+    ad = with_nats(sub.add_parser("address", help="run this node's address service"))
+    ad.add_argument("--node", help="this node's name (default: $VIGIL_NODE)")
+    ad.add_argument("--interface", help="interface for the addresses (default: from the file)")
+    ad.set_defaults(func=cmd_service)
+    su = with_nats(sub.add_parser("supervisor", help="run this node's application supervisor"))
+    su.add_argument("--node", help="this node's name (default: $VIGIL_NODE)")
+    su.add_argument("--state-dir", help="logs and state (default: /var/lib/vigil/NODE)")
+    su.set_defaults(func=cmd_service)
+    n = sub.add_parser("nats", help="run the embedded NATS server (JetStream on)")
+    n.add_argument("--host", default="127.0.0.1")
+    n.add_argument("--port", type=int, default=4222)
+    n.add_argument("--state-dir", default="/var/lib/vigil/nats")
+    n.set_defaults(func=cmd_nats)
+
+    u = with_nats(
+        sub.add_parser(
+            "up", help="all of Vigil on this machine, embedded NATS unless --nats is given"
+        )
+    )
+    u.add_argument("-f", "--file", help="cluster file to apply once running")
+    u.add_argument("--node", help="run this node's address service and supervisor too")
+    u.add_argument("--interface", help="interface for the addresses (default: from the file)")
+    u.add_argument("--state-dir", default="/var/lib/vigil")
+    u.set_defaults(func=cmd_up)
+
+    lab = sub.add_parser("lab", help="a real cluster in network namespaces on this machine")
+    lab.add_argument(
+        "--prefix",
+        default=os.environ.get("VIGIL_LAB", "vlab"),
+        help="namespace name prefix (default: vlab)",
+    )
+    lab.set_defaults(func=cmd_lab)
+    ls = lab.add_subparsers(dest="lab_command", required=True)
+    for name, text in (
+        ("up", "build the lab, start everything, apply the file"),
+        ("demo", "build a lab, fail a node over, print the timeline, remove it"),
+    ):
+        sp = ls.add_parser(name, help=text)
+        sp.add_argument("-f", "--file", help="cluster file (default: examples/lab.yaml)")
+        sp.add_argument("--nodes", type=int, help="number of nodes (generates a file if no -f)")
+    ls.add_parser("down", help="remove every namespace and process of the lab")
+    for name, text in (
+        ("kill", "hard node loss: SIGKILL its processes, link down"),
+        ("revive", "bring a killed node back"),
+    ):
+        ls.add_parser(name, help=text).add_argument("node")
+    info = ls.add_parser("info", help="where the lab's NATS is, its namespaces and logs")
+    info.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    ex = ls.add_parser("exec", help="run a command in a node's or the client's namespace")
+    ex.add_argument("who", help="a node name, 'client' or 'bus'")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The placement rules, pure: cluster state in, decisions out. No I/O, no clock.
+
+A node is *eligible* for a group when it is up, in the group's list, and the group has not
+failed there for good within its failure timeout (``banned``). For each group, over its
+sequenced list ``[preferred] + possible``:
+
+- its app's stop failed on a live node (``blocked_by``): start it nowhere until that resolves;
+- running on an eligible node: stay (failback is manual);
+- its node was lost: the first eligible node *after* the lost one, wrapping to the front;
+- its node is live but no longer eligible (the app failed there for good, the node left the
+  list) or the group left the file: release it first (node None); it is placed again only once
+  no live node still holds its address, so an address is never up on two live nodes;
+- unplaced: its preferred node if eligible, else (once the cluster has settled, so that nodes
+  still booting get their chance) the first eligible node of the list.
+
+Operator intents: ``halted`` releases the group and keeps it nowhere; a switchover releases it
+from its node (``moving_to`` the target) and places it on the target once released; ``enable``
+re-enables switching and forgets the group's bans.
+
+Failback ``auto``: a group away from its preferred node moves back (as a switchover) once the
+preferred node has been up for ``failback_delay``.
+
+Last node: when a failover lands a group on the last eligible node of its list, switching is
+disabled for it (the service announces it and alerts once). With switching disabled the group
+never moves again: if that node is lost it stays halted, if its app fails for good there it stays
+offline (address held, app down), until an operator runs ``vigil enable``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass
+
+import msgspec
+
+from vigil.wire.cluster import ClusterSpec, Group
+from vigil.wire.records import Intent, Placement
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    spec: ClusterSpec
+    up: Set[str]
+    current: Mapping[str, Placement]
+    held_by: Mapping[str, Set[str]]  # group -> live nodes still holding its address
+    settled: bool = True
+    now: float = 0.0  # unix time, for bans
+    intents: Mapping[str, Intent] = dataclasses.field(default_factory=dict)
+    up_since: Mapping[str, float] = dataclasses.field(default_factory=dict)  # unix time
+
+
+def next_node(sequence: list[str], after: str | None, ok: Callable[[str], bool]) -> str | None:
+    """First node after ``after`` in the list for which ``ok`` holds, wrapping; from the front
+    if ``after`` is not in the list."""
+    if after in sequence:
+        i = sequence.index(after)
+        order = sequence[i + 1 :] + sequence[:i]
+    else:
+        order = sequence
+    return next((n for n in order if ok(n)), None)
+
+
+def next_live(sequence: list[str], after: str | None, up: Set[str]) -> str | None:
+    return next_node(sequence, after, lambda n: n in up)
+
+
+@dataclass(frozen=True)
+class Change:
+    node: str | None
+    reason: str
+    moving_to: str | None = None
+    switchover_id: int | None = None  # set when this change applies an operator's switchover
+    switching: bool | None = None  # set when this change turns switching off (or back on)
+    enable_id: int | None = None  # set when this change applies an operator's enable
+
+
+def decide_group(group: Group, snap: Snapshot) -> Change | None:
+    """The group's new placement, or None to leave it as it is."""
+    old = _decide_group(group, snap)
+    if old is None or isinstance(old, Change):
+        return old
+    return Change(*old)
+
+
+def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, str] | None:
+    cur = snap.current.get(group.name)
+    node = cur.node if cur else None
+    banned = cur.banned if cur else {}
+    sequence = group.sequence
+
+    def eligible(n: str) -> bool:
+        return n in snap.up and n in sequence and banned.get(n, 0.0) <= snap.now
+
+    intent = snap.intents.get(group.name, Intent(group.name))
+    switching = cur.switching if cur else True
+    if cur is not None and intent.enable_id > cur.enable_id:
+        return Change(
+            node, "switching enabled by the operator", switching=True, enable_id=intent.enable_id
+        )
+
+    def landing(target: str | None, reason: str) -> Change:
+        """A failover to ``target``: switching goes off if it is the last eligible node."""
+        others = [n for n in sequence if n != target and eligible(n)]
+        if target is not None and not others:
+            return Change(
+                target,
+                f"{reason}; {target} is the last eligible node: switching disabled",
+                switching=False,
+            )
+        return Change(target, reason)
+
+    if cur is not None and cur.blocked_by in snap.up:
+        if node is not None:
+            return None, f"stop failed on {cur.blocked_by}"
+        return None
+    if intent.admin == "halted":
+        return (None, "halted by the operator") if node is not None else None
+    if node is not None:
+        if eligible(node):
+            switch = intent.switchover_to
+            if cur is not None and intent.switchover_id > cur.switchover_id:
+                if switch is not None and switch != node and eligible(switch):
+                    return Change(
+                        None,
+                        f"switchover from {node} to {switch}",
+                        moving_to=switch,
+                        switchover_id=intent.switchover_id,
+                    )
+                return Change(
+                    node,
+                    f"switchover to {switch} refused: not eligible",
+                    switchover_id=intent.switchover_id,
+                )
+            preferred = group.preferred
+            if (
+                group.failback == "auto"
+                and switching
+                and node != preferred
+                and eligible(preferred)
+                and snap.now - snap.up_since.get(preferred, snap.now) >= group.failback_delay
+            ):
+                return Change(None, f"failback to {preferred}", moving_to=preferred)
+            return None
+        if not switching and node in snap.up and banned.get(node, 0.0) > snap.now:
+            return None  # last node, app failed for good: hold the address (offline)
+        if node in snap.up:
+            why = (
+                f"the app failed for good on {node}"
+                if banned.get(node, 0.0) > snap.now
+                else f"node {node} is no longer in the group's list"
+            )
+            return None, why
+        if not switching:
+            return None, f"node {node} lost; switching is disabled: the group stays halted"
+        return landing(next_node(sequence, node, eligible), f"node {node} lost")
+    if not switching:
+        return None  # stays where it is (halted) until an operator enables switching
+    if snap.held_by.get(group.name):
+        return None  # released but still held by a live node: wait for its release
+    if cur is not None and cur.moving_to is not None and eligible(cur.moving_to):
+        return cur.moving_to, "switchover"
+    if eligible(group.preferred):
+        return group.preferred, "preferred node up"
+    if not snap.settled and cur is None:
+        return None  # starting: give the preferred node time to join
+    target = next_node(sequence, None, eligible)
+    if target is None:
+        return None
+    reason = "preferred node unavailable, first eligible node in the list"
+    return landing(target, reason) if cur is not None else (target, reason)
+
+
+def decide(snap: Snapshot) -> list[Placement]:
+    """New placements (each with its epoch + 1) for every group whose placement must change."""
+    out: list[Placement] = []
+    for group in snap.spec.groups:
+        change = decide_group(group, snap)
+        if change is None:
+            continue
+        cur = snap.current.get(group.name)
+        if cur is None:
+            out.append(
+                Placement(group.name, change.node, 1, change.reason, moving_to=change.moving_to)
+            )
+            continue
+        if cur.node == change.node and change.switchover_id is None and change.enable_id is None:
+            continue
+        out.append(
+            msgspec.structs.replace(
+                cur,
+                node=change.node,
+                epoch=cur.epoch + 1,
+                reason=change.reason,
+                moving_to=change.moving_to,
+                switchover_id=(
+                    change.switchover_id if change.switchover_id is not None else cur.switchover_id
+                ),
+                switching=change.switching if change.switching is not None else cur.switching,
+                enable_id=change.enable_id if change.enable_id is not None else cur.enable_id,
+                banned={} if change.enable_id is not None else cur.banned,
+            )
+        )
+    names = {g.name for g in snap.spec.groups}
+    for name, cur in sorted(snap.current.items()):
+        if name not in names and cur.node is not None:
+            out.append(Placement(name, None, cur.epoch + 1, "group removed from the cluster file"))
+    return out

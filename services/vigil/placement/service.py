@@ -1,0 +1,361 @@
+"""The placement service's I/O: live caches in, compare-and-set decisions out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import time
+from collections.abc import Callable
+
+import msgspec
+from nats.js.kv import KeyValue
+
+from vigil.wire.events import (
+    AddressAcquired,
+    AddressReleased,
+    Alert,
+    AppFailed,
+    AppStopFailed,
+    AppStopped,
+    ConfigApplied,
+    NodeJoined,
+    NodeLost,
+    PlacementDecided,
+    ServiceDown,
+    SwitchingDisabled,
+)
+from vigil.wire.records import (
+    AddressStatus,
+    AppStatus,
+    Intent,
+    NodeRecord,
+    NodeState,
+    Placement,
+    ServiceRecord,
+)
+
+from ..core.bus import Bus, encode, ensure_stream, get_record, kv
+from ..core.reconciler import Reconciler
+from ..core.subjects import address_key
+from .offering import members
+from .rules import Snapshot, decide
+
+log = logging.getLogger(__name__)
+
+COMMIT_WINDOW = 256  # placement writes in flight at once
+
+
+async def run_alert(command: str, kind: str, group: str, node: str | None, message: str) -> None:
+    """The operator's alert command (cluster.alert), without a shell, bounded in time."""
+    env = {
+        **os.environ,
+        "VIGIL_ALERT_KIND": kind,
+        "VIGIL_ALERT_GROUP": group,
+        "VIGIL_ALERT_NODE": node or "",
+        "VIGIL_ALERT_MESSAGE": message,
+    }
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *shlex.split(command),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        code = await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        proc.kill()
+        log.error("alert command %r timed out", command)
+        return
+    except OSError as exc:
+        log.error("alert command %r failed to run: %s", command, exc)
+        return
+    if code != 0:
+        log.error("alert command %r exited with %d", command, code)
+
+
+class PlacementService(Reconciler):
+    def __init__(self, bus: Bus) -> None:
+        super().__init__(bus)
+        self.started = time.monotonic()
+
+    async def run(self) -> None:
+        s = self.bus.subjects
+        await ensure_stream(self.bus)
+        self.placement_bucket: KeyValue = await kv(self.bus, s.bucket_placement)
+        self.nodes = self.cache(await kv(self.bus, s.bucket_nodes), NodeRecord)
+        self.placements = self.cache(self.placement_bucket, Placement)
+        observed = await kv(self.bus, s.bucket_observed)
+        self.addresses = self.cache(observed, AddressStatus, keys="address.>")
+        self.apps = self.cache(observed, AppStatus, keys="app.>")
+        self.services_bucket = await kv(self.bus, s.bucket_services)
+        self.services = self.cache(self.services_bucket, ServiceRecord)
+        self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent)
+        await self.bus.subscribe(s.all_node_events, (NodeJoined, NodeLost), self.on_node)
+        await self.bus.subscribe(
+            s.all_address_events(), (AddressAcquired, AddressReleased), self.on_address
+        )
+        await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
+        for what in ("stopped", "failed", "stop_failed"):
+            await self.bus.subscribe(
+                s.all_app_events("*", what), (AppFailed, AppStopFailed, AppStopped), self.on_app
+            )
+        async with asyncio.TaskGroup() as tg:
+            self.start(tg)
+
+    # -- edge triggers: update the local view at once, then reconcile -------------------------
+    async def on_node(self, event: NodeJoined | NodeLost) -> None:
+        state: NodeState = "lost" if isinstance(event, NodeLost) else "up"
+        cached = self.nodes.get(event.node)
+        if cached is not None and cached.state != state and event.ts < cached.since:
+            # Older than what the bucket says (a replica's late, buffered event): stale.
+            self.bus.drop(
+                self.bus.subjects.node_lost(event.node)
+                if state == "lost"
+                else self.bus.subjects.node_joined(event.node),
+                f"stale: node {event.node} {state} at {event.ts}, bucket says "
+                f"{cached.state} since {cached.since}",
+            )
+            return
+        rev = self.nodes.revision(event.node) or 0
+        self.nodes.note(event.node, rev, NodeRecord(name=event.node, state=state, since=event.ts))
+        self.dirty.set()
+
+    async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
+        key = address_key(event.node, event.group)
+        held = isinstance(event, AddressAcquired)
+        status = AddressStatus(event.group, event.node, event.address, held, event.epoch)
+        self.addresses.note(key, self.addresses.revision(key) or 0, status)
+        self.dirty.set()
+
+    async def on_app(self, event: AppFailed | AppStopFailed | AppStopped) -> None:
+        """Remember where a group failed for good (a ban until its failure timeout) and where
+        its stop failed (a block until the stop is confirmed or the node is lost)."""
+        spec = self.config.spec
+        group = spec.group(event.group) if spec else None
+        if group is None:
+            return
+        until = time.time() + group.restart.failure_timeout
+        node = event.node
+        if isinstance(event, AppFailed):
+            if not event.final:
+                return
+            log.warning("group %s failed for good on %s: %s", event.group, node, event.reason)
+            await self.amend(
+                event.group, lambda p: msgspec.structs.replace(p, banned={**p.banned, node: until})
+            )
+        elif isinstance(event, AppStopFailed):
+            log.error(
+                "group %s: stop failed on %s; it starts nowhere else until resolved",
+                event.group,
+                node,
+            )
+            await self.amend(
+                event.group,
+                lambda p: msgspec.structs.replace(
+                    p, banned={**p.banned, node: until}, blocked_by=node
+                ),
+            )
+        else:
+            await self.amend(
+                event.group,
+                lambda p: (
+                    msgspec.structs.replace(p, blocked_by=None) if p.blocked_by == node else p
+                ),
+            )
+        self.dirty.set()
+
+    async def amend(self, group: str, change: Callable[[Placement], Placement]) -> None:
+        """Change a group's record without a new decision (same epoch), compare-and-set."""
+        for _ in range(5):
+            entry_rev = self.placements.revision(group)
+            current = self.placements.get(group)
+            if current is None or entry_rev is None:
+                return
+            new = change(current)
+            if new == current:
+                return
+            try:
+                revision = await self.placement_bucket.update(group, encode(new), last=entry_rev)
+            except Exception:
+                fresh = await get_record(self.placement_bucket, group, Placement)
+                entry = await self.placement_bucket.get(group)
+                if fresh is not None and entry.revision:
+                    self.placements.note(group, entry.revision, fresh)
+                continue
+            self.placements.note(group, revision, new)
+            return
+        log.error("could not record %s's failure after 5 tries; the next event retries", group)
+
+    def snapshot(self) -> Snapshot | None:
+        spec = self.config.spec
+        if spec is None:
+            return None
+        up = {n for n, r in self.nodes.values().items() if r.state == "up"}
+        held: dict[str, set[str]] = {}
+        for status in self.addresses.values().values():
+            if status.held and status.node in up:
+                held.setdefault(status.group, set()).add(status.node)
+        # Settled once every node had a lease's worth of time (plus slack) to say hello.
+        settle = 3 * spec.cluster.timing.lease
+        return Snapshot(
+            spec=spec,
+            up=up,
+            current=self.placements.values(),
+            held_by=held,
+            settled=time.monotonic() - self.started >= settle or up >= {n.name for n in spec.nodes},
+            now=time.time(),
+            intents=self.intents.values(),
+            up_since={
+                n: r.since.timestamp() for n, r in self.nodes.values().items() if r.state == "up"
+            },
+        )
+
+    async def reconcile(self) -> None:
+        snap = self.snapshot()
+        if snap is None:
+            return
+        decisions = decide(snap)
+        # Groups are independent: their compare-and-set writes go out together (pipelined on
+        # the one connection), so a node with a thousand groups moves in a few round trips.
+        window = asyncio.Semaphore(COMMIT_WINDOW)
+
+        async def commit(decision: Placement) -> None:
+            async with window:
+                await self.commit(decision, snap.current.get(decision.group))
+
+        await asyncio.gather(*(commit(d) for d in decisions))
+        await self.reconcile_services()
+
+    async def reconcile_services(self) -> None:
+        """Which groups offer each service: the groups whose app runs where they are placed."""
+        spec = self.config.spec
+        if spec is None:
+            return
+        placements = self.placements.values()
+        serving = {
+            a.group
+            for a in self.apps.values().values()
+            if a.running and (p := placements.get(a.group)) is not None and p.node == a.node
+        }
+        up = {n for n, r in self.nodes.values().items() if r.state == "up"}
+        intents = self.intents.values()
+        starting = set()
+        for g in spec.groups:
+            p = placements.get(g.name)
+            intent = intents.get(g.name)
+            if (
+                p is not None
+                and p.node in up
+                and (g.on_failover == "restart" or p.node == g.preferred)
+                and (intent is None or intent.admin == "run")
+            ):
+                starting.add(g.name)  # its app is expected to run: on its way up
+        for service in spec.services:
+            current = self.services.get(service.name)
+            new = members(service, serving, current.members if current else None, starting)
+            if current is not None and current.members == new:
+                continue
+            record = ServiceRecord(service.name, new, (current.epoch if current else 0) + 1)
+            try:
+                if current is None:
+                    revision = await self.services_bucket.create(service.name, encode(record))
+                else:
+                    last = self.services.revision(service.name) or 0
+                    revision = await self.services_bucket.update(
+                        service.name, encode(record), last=last
+                    )
+            except Exception as exc:
+                log.info("service %s changed under us (%s); will re-read", service.name, exc)
+                continue
+            self.services.note(service.name, revision, record)
+            log.info("service %s offered by %s (epoch %d)", service.name, new, record.epoch)
+            for group in current.members if current else []:
+                if group not in new:
+                    await self.down_for_the_dead(service.name, group, record.epoch)
+
+    async def down_for_the_dead(self, service: str, group: str, epoch: int) -> None:
+        """A lost node cannot say its services went down: say it for it (reason failure)."""
+        up = {n for n, r in self.nodes.values().items() if r.state == "up"}
+        spec = self.config.spec
+        g = spec.group(group) if spec else None
+        for status in self.apps.values().values():
+            if status.group == group and status.running and status.node not in up:
+                await self.bus.publish(
+                    self.bus.subjects.service(service, "down"),
+                    ServiceDown(
+                        **self.bus.stamp(),
+                        service=service,
+                        group=group,
+                        node=status.node,
+                        address=g.address if g else "",
+                        epoch=epoch,
+                        reason="failure",
+                    ),
+                )
+
+    async def commit(self, decision: Placement, previous: Placement | None) -> None:
+        """Store with compare-and-set; publish only when this replica's write won."""
+        key = decision.group
+        try:
+            if previous is None:
+                revision = await self.placement_bucket.create(key, encode(decision))
+            else:
+                last = self.placements.revision(key) or 0
+                revision = await self.placement_bucket.update(key, encode(decision), last=last)
+        except Exception as exc:
+            log.info("placement of %s changed under us (%s); will re-read", key, exc)
+            return
+        self.placements.note(key, revision, decision)
+        log.info(
+            "group %s -> %s (epoch %d): %s", key, decision.node, decision.epoch, decision.reason
+        )
+        await self.bus.publish(
+            self.bus.subjects.placement(key),
+            PlacementDecided(
+                **self.bus.stamp(),
+                group=key,
+                node=decision.node,
+                previous=previous.node if previous else None,
+                epoch=decision.epoch,
+                reason=decision.reason,
+                moving_to=decision.moving_to,
+            ),
+        )
+        if previous is not None and previous.node is not None and previous.node != decision.node:
+            node_state = self.nodes.get(previous.node)
+            if node_state is None or node_state.state != "up":
+                await self.down_for_the_dead(key, key, decision.epoch)
+        if previous is not None and previous.switching and not decision.switching:
+            await self.switching_disabled(decision)
+
+    async def switching_disabled(self, decision: Placement) -> None:
+        """Announce it once (only the replica whose write won gets here) and run the alert."""
+        s = self.bus.subjects
+        message = (
+            f"group {decision.group} landed on {decision.node}, the last eligible node of "
+            "its list: switching is disabled until 'vigil enable'"
+        )
+        log.warning("%s", message)
+        await self.bus.publish(
+            s.group_event(decision.group, "switching_disabled"),
+            SwitchingDisabled(
+                **self.bus.stamp(), group=decision.group, node=decision.node, epoch=decision.epoch
+            ),
+        )
+        await self.bus.publish(
+            s.alert(decision.group),
+            Alert(
+                **self.bus.stamp(),
+                kind="switching_disabled",
+                group=decision.group,
+                node=decision.node,
+                message=message,
+            ),
+        )
+        spec = self.config.spec
+        if spec is not None and spec.cluster.alert:
+            await run_alert(
+                spec.cluster.alert, "switching_disabled", decision.group, decision.node, message
+            )

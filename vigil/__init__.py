@@ -1,1 +1,0 @@
-"""Vigil's public Python API for applications: ``vigil.client``."""
