@@ -34,10 +34,11 @@ import msgspec
 from vigil.core import status as status_mod
 from vigil.core.bus import Bus
 from vigil.core.config import load_data
-from vigil.lab.demo import Answer, Probe
 from vigil.lab.lab import Lab, LabState, vip
 from vigil.lab.netns import LabError
 from vigil.lab.specs import generated
+from vigil.testing.events import Recorder, ts
+from vigil.testing.probe import Answer, Probe
 from vigil.wire.cluster import ClusterSpec, Timing
 from vigil.wire.events import (
     AddressAcquired,
@@ -52,7 +53,6 @@ from vigil.wire.events import (
 )
 
 from .cleanup import sweep
-from .events import Recorder, ts
 from .netfault import vigil_node_loss
 from .procstat import Usage, Window
 
@@ -119,7 +119,6 @@ class SwitchRun:
     marks: dict[str, float] = field(default_factory=dict)  # event -> s after the intent
     failures: dict[str, int] = field(default_factory=dict)
     error: str | None = None
-    missing: bool = False  # the command does not exist (yet)
 
 
 SWITCH_MARKS = (
@@ -132,6 +131,12 @@ SWITCH_MARKS = (
 )
 NODE_HOPS = ("detection", "decision", "address", "app", "first served")
 CRASH_HOPS = ("exit seen", "restart", "first served")
+
+
+def client_probe(state: LabState, target: str) -> Probe:
+    """The benchmarks' client: an attempt every 10 ms with a 50 ms timeout, from the lab's
+    client namespace (the same settings as keepalived's anchor measurement)."""
+    return Probe(state.ns("client"), target, interval=0.01, timeout=0.05, duration=120)
 
 
 class LabBench:
@@ -154,7 +159,7 @@ class LabBench:
             self.state: LabState = await asyncio.to_thread(self.lab.up, self.spec)
             self.up_s = time.monotonic() - started
             self.bus: Bus = await self.lab.connect(self.state, "bench")
-            await self.recorder.start(self.bus.nc, self.bus.subjects.all_events)
+            await self.recorder.start(self.bus)
         except BaseException:
             await asyncio.to_thread(teardown, self.lab)
             raise
@@ -166,18 +171,14 @@ class LabBench:
         await asyncio.to_thread(teardown, self.lab)
 
     # -- helpers --------------------------------------------------------------------------
-    async def probe(self) -> tuple[Probe, asyncio.Task[None]]:
-        probe = Probe(self.state, self.target)
-        args = probe.proc.args
-        self.probe_command = " ".join(map(str, args)) if isinstance(args, list) else str(args)
-        return probe, asyncio.create_task(probe.read(), name="probe-reader")
+    def probe(self) -> Probe:
+        probe = client_probe(self.state, self.target)
+        self.probe_command = " ".join(probe.argv)
+        return probe
 
     @staticmethod
-    async def stop_probe(probe: Probe, reader: asyncio.Task[None]) -> None:
+    async def stop_probe(probe: Probe) -> None:
         await asyncio.to_thread(probe.stop)
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
 
     async def wait_event(self, find: Callable[[], object], timeout: float) -> object:
         deadline = time.monotonic() + timeout
@@ -201,9 +202,9 @@ class LabBench:
 
     # -- node loss --------------------------------------------------------------------------
     async def node_loss(self) -> NodeLossRun:
-        probe, reader = await self.probe()
+        probe = self.probe()
         try:
-            first = await probe.until(lambda a: served_by(a) is not None, 20, "a first answer")
+            first = await probe.wait_for(lambda a: served_by(a) is not None, 20, "a first answer")
             sb = served_by(first)
             assert sb is not None
             victim = sb[0]
@@ -213,17 +214,17 @@ class LabBench:
             t0, _ = await asyncio.to_thread(vigil_node_loss, self.lab.prefix, victim)
             run = NodeLossRun(victim, t0, time.time() - t0)
             try:
-                after = await probe.until(
+                after = await probe.wait_for(
                     lambda a: a.t > t0 and (s := served_by(a)) is not None and s[0] != victim,
                     30,
                     "an answer from the survivor",
                 )
-            except LabError as exc:
+            except TimeoutError as exc:
                 run.error = str(exc)
                 return run
             await asyncio.sleep(0.2)  # the last events are on their way
         finally:
-            await self.stop_probe(probe, reader)
+            await self.stop_probe(probe)
         last_ok = max((a.t for a in probe.answers if a.ok and a.t <= t0), default=t0)
         run.served_s = after.t - t0
         run.outage_s = after.t - last_ok
@@ -283,9 +284,9 @@ class LabBench:
 
     # -- app crash --------------------------------------------------------------------------
     async def app_crash(self) -> AppCrashRun:
-        probe, reader = await self.probe()
+        probe = self.probe()
         try:
-            first = await probe.until(lambda a: served_by(a) is not None, 20, "a first answer")
+            first = await probe.wait_for(lambda a: served_by(a) is not None, 20, "a first answer")
             sb = served_by(first)
             assert sb is not None
             node, pid = sb
@@ -295,17 +296,17 @@ class LabBench:
                 os.kill(pid, signal.SIGKILL)
             run = AppCrashRun(node, t0)
             try:
-                after = await probe.until(
+                after = await probe.wait_for(
                     lambda a: a.t > t0 and (s := served_by(a)) is not None and s[1] != pid,
                     30,
                     "an answer from a restarted app",
                 )
-            except LabError as exc:
+            except TimeoutError as exc:
                 run.error = str(exc)
                 return run
             await asyncio.sleep(0.2)
         finally:
-            await self.stop_probe(probe, reader)
+            await self.stop_probe(probe)
         new = served_by(after)
         run.same_node = new is not None and new[0] == node
         run.served_s = after.t - t0
@@ -347,9 +348,9 @@ def teardown(lab: Lab) -> None:
 
 
 async def _switchover(lb: LabBench) -> SwitchRun:
-    probe, reader = await lb.probe()
+    probe = lb.probe()
     try:
-        first = await probe.until(lambda a: served_by(a) is not None, 20, "a first answer")
+        first = await probe.wait_for(lambda a: served_by(a) is not None, 20, "a first answer")
         sb = served_by(first)
         assert sb is not None
         source = sb[0]
@@ -359,21 +360,20 @@ async def _switchover(lb: LabBench) -> SwitchRun:
         run = SwitchRun(source, target, t0)
         rc, out = await lb.cli("switchover", GROUP, "--to", target)
         if rc != 0:
-            run.missing = "invalid choice" in out
             run.error = out.strip().splitlines()[-1] if out.strip() else f"exit {rc}"
             return run
         try:
-            after = await probe.until(
+            after = await probe.wait_for(
                 lambda a: a.t > t0 and (s := served_by(a)) is not None and s[0] == target,
                 30,
                 "an answer from the switchover's target",
             )
-        except LabError as exc:
+        except TimeoutError as exc:
             run.error = str(exc)
             return run
         await asyncio.sleep(0.2)
     finally:
-        await lb.stop_probe(probe, reader)
+        await lb.stop_probe(probe)
     olds = [a.t for a in probe.answers if a.t < after.t and (s := served_by(a)) and s[0] == source]
     last_old = max(olds, default=t0)
     run.gap_s = after.t - last_old
@@ -460,8 +460,6 @@ async def run_timing(
             srun = await _switchover(lb)
             switch_runs.append(srun)
             log(f"  switchover {i + 1}/{runs_switch}: " + describe_switch_run(srun))
-            if srun.missing:
-                break
         return FailoverResult(
             name,
             timing,
@@ -486,9 +484,7 @@ def describe_node_run(run: NodeLossRun) -> str:
 
 def describe_switch_run(run: SwitchRun) -> str:
     if run.gap_s is None or run.total_s is None:
-        return f"{run.source} -> {run.target}: " + (
-            "not implemented" if run.missing else f"ERROR {run.error}"
-        )
+        return f"{run.source} -> {run.target}: ERROR {run.error}"
     marks = " ".join(f"{k.split(' (')[0]}={v * 1000:.0f}" for k, v in run.marks.items())
     return (
         f"{run.source} -> {run.target}: gap {run.gap_s * 1000:.0f} ms, served on the new node "

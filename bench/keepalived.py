@@ -24,11 +24,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vigil.lab.demo import Probe
 from vigil.lab.lab import Lab, LabState
 from vigil.lab.netns import LabError, ip
 
-from .failover import Log, served_by, teardown
+from .failover import Log, client_probe, served_by, teardown
 from .netfault import node_loss
 
 VIP = "10.213.0.101"
@@ -190,10 +189,9 @@ class KeepalivedLab:
         return min(hits) if hits else None
 
     async def node_loss(self) -> KaRun:
-        probe = Probe(self.state, f"{VIP}:8080")
-        reader = asyncio.create_task(probe.read(), name="probe-reader")
+        probe = client_probe(self.state, f"{VIP}:8080")
         try:
-            first = await probe.until(lambda a: served_by(a) is not None, 30, "a first answer")
+            first = await probe.wait_for(lambda a: served_by(a) is not None, 30, "a first answer")
             sb = served_by(first)
             assert sb is not None
             victim = sb[0]
@@ -203,20 +201,17 @@ class KeepalivedLab:
             t0 = await asyncio.to_thread(self.kill, victim)
             run = KaRun(victim, t0)
             try:
-                after = await probe.until(
+                after = await probe.wait_for(
                     lambda a: a.t > t0 and (s := served_by(a)) is not None and s[0] != victim,
                     30,
                     "an answer from the survivor",
                 )
-            except LabError as exc:
+            except TimeoutError as exc:
                 run.error = str(exc)
                 return run
             await asyncio.sleep(0.1)
         finally:
             await asyncio.to_thread(probe.stop)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
         last_ok = max((a.t for a in probe.answers if a.ok and a.t <= t0), default=t0)
         run.served_s = after.t - t0
         run.outage_s = after.t - last_ok

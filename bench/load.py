@@ -74,9 +74,9 @@ async def run_load(prefix: str, timing_name: str, seconds: float, log: Log) -> L
         try:
             end = time.monotonic() + seconds
             while (left := end - time.monotonic()) > 0:
-                probe, reader = await lb.probe()
+                probe = lb.probe()
                 await asyncio.sleep(min(PROBE_SLICE, left))
-                await lb.stop_probe(probe, reader)
+                await lb.stop_probe(probe)
                 result.attempts += len(probe.answers)
                 failed.update(a.text for a in probe.answers if not a.ok)
                 lost = lb.recorder.count(t0).get("NodeLost", 0)

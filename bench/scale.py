@@ -36,10 +36,10 @@ from vigil.core.bus import Bus
 from vigil.core.clusterconfig import store
 from vigil.core.config import load_data
 from vigil.core.subjects import Subjects
+from vigil.testing.events import Recorder, ts
 from vigil.wire.cluster import ClusterSpec, Timing
 from vigil.wire.events import AppStarted, NodeJoined, NodeLost, PlacementDecided
 
-from .events import Recorder, ts
 from .failover import Log
 from .procstat import Usage, Window
 
@@ -93,7 +93,7 @@ class Tracker:
     def update(self) -> None:
         events = self.recorder.events
         while self.cursor < len(events):
-            _, e = events[self.cursor]
+            e = events[self.cursor]
             self.cursor += 1
             if isinstance(e, PlacementDecided):
                 old = self.current.get(e.group)
@@ -197,7 +197,7 @@ class ControlPlane:
         await asyncio.to_thread(embedded.wait_ready, "127.0.0.1", port)
         self.url = f"nats://127.0.0.1:{port}"
         self.bus = await Bus.connect([self.url], Subjects(), "bench", name="observer")
-        await self.recorder.start(self.bus.nc, self.bus.subjects.all_events)
+        await self.recorder.start(self.bus)
         for role in ("membership", "placement"):
             self.spawn(role, [sys.executable, "-m", "vigil.cli.main", role, "--nats", self.url])
         t_apply = time.time()

@@ -1,13 +1,8 @@
 """Helpers for tests/e2e/test_behaviours.py (issue 4's behaviours, end to end in the lab).
 
-Everything generic is *reused*, not copied:
-
-- from tests/e2e/conftest.py: ``Prefix``, ``lab_teardown``, ``wait_until``, ``addresses``,
-  ``in_netns``, ``Probe``, ``run``, ``alive``, ``netns_gate`` (a conftest cannot be imported
-  reliably by name, so the module already loaded by pytest is looked up by its path, or loaded
-  from it under a private name);
-- from tests/e2e/test_supervision.py: ``EventLog`` (an ordered JetStream consumer on ``vigil.>``
-  replaying the stream from the start), ``Seen``, ``process_group``, ``cmdline``.
+Everything generic comes from the shared harness, ``vigil.testing`` (also used by the
+benchmarks): the lab prefix and its teardown, waiting, processes, namespaces, the probe, and the
+event recorder fed from the lab's stream on a thread of its own (``BusThread``).
 
 What is new here: a lab with an event log and the ``vigil`` command line bound to it
 (``BehLab``), connect-time measurements from the client namespace, a FAN client
@@ -18,7 +13,6 @@ that catches an address held by two nodes at once (``AddressSampler``).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import secrets
 import shutil
@@ -32,52 +26,32 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-# tests/e2e is on sys.path (pytest's default "prepend" import mode, no __init__.py here)
-from test_supervision import EventLog, Seen, cmdline, process_group
-
 from vigil.lab.lab import BUS_IP, NATS_PORT, Lab, LabState, lab_dir
 from vigil.lab.netns import namespaces
+from vigil.testing.events import BusThread, Recorder, Seen
+from vigil.testing.labs import Prefix, lab_teardown
+from vigil.testing.lines import JsonLines
+from vigil.testing.netns import addresses, in_netns, netns_gate
+from vigil.testing.probe import Probe
+from vigil.testing.procs import alive, cmdline, process_group, run
+from vigil.testing.waiting import wait_until
 from vigil.wire.cluster import ClusterSpec
 
+VIGIL = str(Path(sys.executable).parent / "vigil")  # the console script of this environment
 
-def _e2e_conftest() -> ModuleType:
-    path = Path(__file__).with_name("conftest.py").resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location("vigil_e2e_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_conftest = _e2e_conftest()
-Prefix = _conftest.Prefix
-Probe = _conftest.Probe
-lab_teardown = _conftest.lab_teardown
-wait_until = _conftest.wait_until
-addresses = _conftest.addresses
-in_netns = _conftest.in_netns
-alive = _conftest.alive
-run = _conftest.run
-netns_gate = _conftest.netns_gate
-VIGIL: str = _conftest.VIGIL
 
 __all__ = [
     "VIGIL",
     "AddressSampler",
     "BehLab",
-    "EventLog",
+    "BusThread",
     "Prefix",
     "Probe",
+    "Recorder",
     "Seen",
     "ServiceWatcher",
     "addresses",
@@ -105,111 +79,18 @@ def misread(view: dict[str, Any]) -> bool:
 
 
 # -- a FAN client in the client namespace ---------------------------------------------------------
-# ``vigil.client.ServiceClient`` as an application would use it, in its own process in the client
-# namespace, talking to the bus over the lab's bridge. Each event it handles is printed (one JSON
-# line) together with what ``endpoint()`` returns *right after* it handled that event, and the
-# endpoint is then tried with a real HTTP GET.
-WATCHER_SCRIPT = r"""
-import asyncio, json, sys, time
-from vigil.client import ServiceClient
-
-url, service, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
-
-
-def out(**record):
-    print(json.dumps(record), flush=True)
-
-
-def dump(endpoint):
-    if endpoint is None:
-        return None
-    return {"group": endpoint.group, "node": endpoint.node, "address": endpoint.address}
-
-
-async def get(address):
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, 8080), 0.5)
-        writer.write(f"GET / HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
-        data = await asyncio.wait_for(reader.read(), 0.5)
-        writer.close()
-        return data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip()
-    except Exception as exc:
-        return f"error: {type(exc).__name__}: {exc}"
-
-
-class Watched(ServiceClient):
-    async def _on_event(self, msg):
-        received = time.time()
-        await super()._on_event(msg)
-        chosen = self.endpoint()  # what a caller gets right after this event
-        handled = time.time()
-        event = json.loads(msg.data)
-        out(kind="event", received=received, handled=handled, event=event,
-            endpoint=dump(chosen), endpoints=[dump(e) for e in self.endpoints()])
-        if chosen is not None:
-            asyncio.ensure_future(self.try_it(event, chosen))
-
-    async def try_it(self, event, chosen):
-        body = await get(chosen.address)
-        out(kind="served", after_seq=event.get("seq"), after_source=event.get("source"),
-            after_type=event.get("type"), endpoint=dump(chosen), body=body, t=time.time())
-
-
-async def main():
-    client = Watched([url], service)
-    await client.start()
-    out(kind="ready", endpoint=dump(client.endpoint()),
-        endpoints=[dump(e) for e in client.endpoints()])
-    try:
-        await asyncio.sleep(duration)
-    finally:
-        await client.aclose()
-
-
-asyncio.run(main())
-"""
-
-
 class ServiceWatcher:
     """``ServiceClient`` for ``service``, run in the client namespace; its reports collected."""
 
     def __init__(self, lab: BehLab, service: str, duration: float = 300.0) -> None:
         self.service = service
-        self.records: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
         self.stderr = (lab.tmp / f"watcher-{service}.err").open("w")
-        self.proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.ns("client"),
-                sys.executable,
-                "-c",
-                WATCHER_SCRIPT,
-                f"nats://{BUS_IP}:{NATS_PORT}",
-                service,
-                str(duration),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(json.JSONDecodeError):
-                record = json.loads(line)
-                with self.lock:
-                    self.records.append(record)
+        argv = ["ip", "netns", "exec", lab.ns("client"), sys.executable, "-m"]
+        argv += ["vigil.testing.fanclient", f"nats://{BUS_IP}:{NATS_PORT}", service, str(duration)]
+        self.lines: JsonLines[dict[str, Any]] = JsonLines(argv, dict, stderr=self.stderr)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [r for r in self.records if r["kind"] == kind]
+        return [r for r in self.lines.snapshot() if r["kind"] == kind]
 
     def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
         return wait_until(
@@ -251,14 +132,7 @@ class ServiceWatcher:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.reader.join(timeout=5)
+        self.lines.stop()
         self.stderr.close()
 
 
@@ -300,7 +174,8 @@ class BehLab:
     lab: Lab
     state: LabState
     spec: ClusterSpec
-    events: EventLog
+    events: Recorder
+    bus: BusThread
     tmp: Path
     story: dict[str, Any] = field(default_factory=dict)
     observers: list[Any] = field(default_factory=list)
@@ -469,7 +344,7 @@ class BehLab:
         return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
     def probe(self, vip: str) -> Any:
-        probe = Probe(self.prefix.name, f"{vip}:{PORT}")
+        probe = Probe(self.ns("client"), f"{vip}:{PORT}")
         self.observers.append(probe)
         return probe
 
@@ -517,20 +392,20 @@ def behaviour_lab(
     assert not prefix.namespaces() and not lab_dir(prefix.name).exists(), f"{prefix.name} taken"
     tmp = Path(tempfile.mkdtemp(prefix=f"{prefix.name}-", dir="/tmp"))
     beh: BehLab | None = None
-    events: EventLog | None = None
+    bus: BusThread | None = None
     try:
         spec = spec_for(tmp)
         lab = Lab(prefix.name)
         state = lab.up(spec)
         prefix.note_pids()
-        events = EventLog(state.host_url)
-        beh = BehLab(prefix, lab, state, spec, events, tmp)
+        bus = BusThread(state.host_url, "e2e-behaviours")
+        beh = BehLab(prefix, lab, state, spec, bus.recorder, bus, tmp)
         yield beh
     finally:
         if beh is not None:
             beh.close()
-        if events is not None:
-            events.close()
+        if bus is not None:
+            bus.close()
         failed = getattr(request.node, "_failed_step", None)
         lab_teardown(prefix, keep_logs=failed is not None)
         shutil.rmtree(tmp, ignore_errors=True)

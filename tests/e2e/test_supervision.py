@@ -30,8 +30,6 @@ Events are read from the lab's bus with nats-py: an ordered JetStream consumer o
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import pwd
@@ -41,7 +39,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,21 +46,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
 import pytest
-from nats.js.api import DeliverPolicy
 
-from vigil.core.bus import Bus
 from vigil.core.clusterconfig import store
 from vigil.core.config import load_data
-from vigil.core.subjects import Subjects
 from vigil.lab.lab import Lab, LabState, lab_dir
 from vigil.lab.netns import namespaces, pids_in
+from vigil.testing.events import BusThread, Recorder, Seen
+from vigil.testing.netns import netns_gate as gate
+from vigil.testing.procs import alive, cmdline, process_group, run
+from vigil.testing.waiting import wait_until as until
 from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import (
     AddressAcquired,
     AddressReleased,
-    AnyEvent,
     AppFailed,
     AppStarted,
     AppStopFailed,
@@ -190,161 +186,7 @@ def cluster_spec(
     )
 
 
-# -- events ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Seen:
-    index: int  # position in the order the bus delivered it
-    subject: str
-    event: Event
-
-
-class EventLog:
-    """Every event of the lab, in bus order, collected by a nats-py client on its own thread."""
-
-    def __init__(self, url: str) -> None:
-        self.seen: list[Seen] = []
-        self.undecodable: list[bytes] = []
-        self.lock = threading.Lock()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.bus: Bus | None = None
-        self.sub: Any = None
-        self.call(self._connect(url), timeout=20)
-
-    def call(self, coro: Any, timeout: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def _connect(self, url: str) -> None:
-        subjects = Subjects()
-        self.bus = await Bus.connect([url], subjects, "e2e", name="test-supervision")
-        decoder = msgspec.json.Decoder(AnyEvent)
-
-        async def on_msg(msg: Any) -> None:
-            try:
-                event = decoder.decode(msg.data)
-            except msgspec.DecodeError:
-                self.undecodable.append(bytes(msg.data))
-                return
-            with self.lock:
-                self.seen.append(Seen(len(self.seen), msg.subject, event))
-
-        # The event stream replays what happened before we connected (the first run methods),
-        # then keeps delivering, in the order the server stored them.
-        self.sub = await self.bus.js.subscribe(
-            subjects.all_events, cb=on_msg, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
-
-    def apply(self, spec: ClusterSpec) -> int:
-        assert self.bus is not None
-        return int(self.call(store(self.bus, spec)))
-
-    def mark(self) -> int:
-        with self.lock:
-            return len(self.seen)
-
-    def select(
-        self,
-        kind: type[E] | tuple[type[Event], ...],
-        since: int = 0,
-        **fields: Any,
-    ) -> list[Seen]:
-        with self.lock:
-            items = self.seen[since:]
-        return [
-            s
-            for s in items
-            if isinstance(s.event, kind)
-            and all(getattr(s.event, k, None) == v for k, v in fields.items())
-        ]
-
-    def wait(
-        self,
-        kind: type[E],
-        timeout: float,
-        since: int = 0,
-        where: Callable[[E], bool] = lambda _e: True,
-        **fields: Any,
-    ) -> tuple[Seen, E]:
-        """The first event of ``kind`` (with ``fields``, for which ``where`` holds) at or after
-        position ``since``; fails the test at the deadline, with the events of the group."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for s in self.select(kind, since, **fields):
-                event: E = s.event  # type: ignore[assignment]
-                if where(event):
-                    return s, event
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"timed out after {timeout:g}s waiting for {kind.__name__} {fields} "
-                    f"(since #{since}); events:\n{self.dump(fields.get('group'))}"
-                )
-            time.sleep(0.02)
-
-    def dump(self, group: str | None = None) -> str:
-        with self.lock:
-            items = list(self.seen)
-        return "\n".join(
-            f"  #{s.index} {s.subject} {msgspec.json.encode(s.event).decode()}"
-            for s in items
-            if group is None or getattr(s.event, "group", None) == group
-        )
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.call(self._close(), timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        self.loop.close()
-
-    async def _close(self) -> None:
-        if self.sub is not None:
-            with contextlib.suppress(Exception):
-                await self.sub.unsubscribe()
-        if self.bus is not None:
-            await self.bus.close()
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-
-
 # -- the lab --------------------------------------------------------------------------------------
-def run(argv: list[str], timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-
-
-def alive(pid: int) -> bool:
-    """Is ``pid`` a running process (a zombie is not)?"""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def process_group(pgid: int) -> list[int]:
-    """Live processes whose process group is ``pgid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 @dataclass
 class SupLab:
     prefix: str
@@ -352,12 +194,17 @@ class SupLab:
     lab: Lab
     state: LabState
     spec: ClusterSpec
-    events: EventLog
+    events: Recorder
+    bus: BusThread
     story: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return self.state.host_url
+
+    def apply(self, spec: ClusterSpec) -> int:
+        assert self.bus.bus is not None
+        return self.bus.call(store(self.bus.bus, spec))
 
     def ns(self, who: str) -> str:
         return self.state.ns(who)
@@ -421,38 +268,13 @@ class SupLab:
         assert proc.returncode == 0, f"kill -KILL {pid} in {node}: {proc.stderr.strip()}"
 
 
-def until(probe: Callable[[], Any], timeout: float, what: str | Callable[[], str]) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail the test at the deadline saying
-    ``what`` we waited for (a callable is asked then, so it can tell the last thing seen)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"timed out after {timeout:g}s waiting for {what() if callable(what) else what}"
-            )
-        time.sleep(0.05)
-
-
 def own_namespaces(prefix: str) -> list[str]:
     return [n for n in namespaces() if n.startswith(f"{prefix}-")]
 
 
 def netns_gate() -> None:
-    """``require_netns`` for the class-scoped lab, which is built before any test's fixtures."""
-    reason = None
-    if os.geteuid() != 0:
-        reason = "needs root (CAP_NET_ADMIN) for network namespaces"
-    for tool in ("ip", "nft", "nginx", "redis-server", "redis-cli", "curl"):
-        if reason is None and shutil.which(tool) is None:
-            reason = f"needs the '{tool}' command (make deps)"
-    if reason is None:
-        return
-    if os.environ.get("VIGIL_REQUIRE_NETNS") == "1":
-        pytest.fail(f"VIGIL_REQUIRE_NETNS=1 but {reason}")
-    pytest.skip(reason)
+    """The gate, with the real apps this story runs."""
+    gate(("ip", "nft", "nginx", "redis-server", "redis-cli", "curl"))
 
 
 @pytest.fixture(scope="class")
@@ -463,7 +285,7 @@ def sup() -> Iterator[SupLab]:
     base = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
     lab = Lab(prefix)
     pids: set[int] = set()
-    events: EventLog | None = None
+    bus: BusThread | None = None
     try:
         base.chmod(0o755)  # nginx's workers (nobody) read the html under it
         redis_user = pwd.getpwnam("redis")
@@ -473,11 +295,11 @@ def sup() -> Iterator[SupLab]:
             os.chown(base / node / "redis", redis_user.pw_uid, redis_user.pw_gid)
         spec = cluster_spec(base)
         state = lab.up(spec)
-        events = EventLog(state.host_url)
-        yield SupLab(prefix, base, lab, state, spec, events)
+        bus = BusThread(state.host_url, "e2e-supervision")
+        yield SupLab(prefix, base, lab, state, spec, bus.recorder, bus)
     finally:
-        if events is not None:
-            events.close()
+        if bus is not None:
+            bus.close()
         loaded = LabState.load(prefix)
         if loaded is not None:
             pids.update(p.pid for p in loaded.procs)
@@ -515,7 +337,7 @@ def assert_in_order(steps: list[Seen], what: str) -> None:
 
 
 def run_method(
-    events: EventLog, group: str, node: str, since: int = 0, timeout: float = STEP_DEADLINE
+    events: Recorder, group: str, node: str, since: int = 0, timeout: float = STEP_DEADLINE
 ) -> list[Seen]:
     """The four steps of a run method of ``group`` on ``node`` (from position ``since``),
     asserted in order with one epoch."""
@@ -608,7 +430,7 @@ class TestSupervision:
         mark = sup.events.mark()
         moved = cluster_spec(sup.base, stubborn=("n1", []))
         halt_asked = datetime.now(UTC)
-        sup.events.apply(moved)
+        sup.apply(moved)
         sup.spec = moved
         # (placement commits to its bucket before it publishes the decision, so a supervisor
         # watching the bucket may begin the halt before the decision event reaches the stream)
@@ -750,7 +572,7 @@ class TestSupervision:
     ) -> None:
         _, started = sup.events.wait(AppStarted, 5, group="kv", node="n2")
         mark = sup.events.mark()
-        sup.events.apply(cluster_spec(sup.base, stubborn=("n1", []), with_kv=False))
+        sup.apply(cluster_spec(sup.base, stubborn=("n1", []), with_kv=False))
         # the supervisor's half of the halt method
         off, _ = sup.events.wait(MonitorsStopped, STEP_DEADLINE, mark, group="kv", node="n2")
         stopped, _ = sup.events.wait(AppStopped, STEP_DEADLINE, off.index, group="kv", node="n2")

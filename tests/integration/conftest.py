@@ -8,10 +8,8 @@ awaiting an event with a deadline, never by sleeping until something has probabl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -19,33 +17,24 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
-from vigil.core import embedded
 from vigil.core.bus import Bus, now
 from vigil.core.config import load_data
 from vigil.core.subjects import Subjects
+from vigil.testing.events import DEADLINE, Recorder, of
+from vigil.testing.server import NatsServer
 from vigil.wire.cluster import ClusterSpec
-from vigil.wire.events import AnyEvent, Event, Heartbeat
+from vigil.wire.events import Heartbeat
 
-DEADLINE = 5.0  # seconds: the longest any single expected event may take to arrive
-_DECODER = msgspec.json.Decoder(AnyEvent)
+__all__ = ["DEADLINE", "Recorder", "of"]
 
 
 # -- the server ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A nats-server of our own: free port, its own store dir, stopped by its PID at teardown."""
-    proc, url = embedded.start(tmp_path_factory.mktemp("nats"))
-    try:
+    """A nats-server of our own per module (free port, own store), stopped by its PID."""
+    with NatsServer(tmp_path_factory.mktemp("nats")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture
@@ -80,71 +69,6 @@ def group(name: str, address: str, preferred: str, possible: list[str]) -> dict[
     }
 
 
-# -- watching the bus ----------------------------------------------------------------------------
-Predicate = Callable[[str, Event], bool]
-
-
-class Recorder:
-    """Every event seen on a subscription, in order, with awaitable predicates."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Event]] = []
-        self.undecodable: list[tuple[str, bytes]] = []
-        self._waiters: list[tuple[Predicate, asyncio.Future[Event]]] = []
-
-    async def on_msg(self, msg: Msg) -> None:
-        try:
-            event = _DECODER.decode(msg.data)
-        except msgspec.DecodeError:
-            self.undecodable.append((msg.subject, msg.data))
-            return
-        self.events.append((msg.subject, event))
-        for pred, fut in self._waiters:
-            if not fut.done() and pred(msg.subject, event):
-                fut.set_result(event)
-
-    def mark(self) -> int:
-        """A position: ``wait(..., since=mark)`` only looks at events after it."""
-        return len(self.events)
-
-    def after(self, event: Event) -> int:
-        """The position just after ``event`` (one that ``wait`` returned)."""
-        return next(i + 1 for i, (_, e) in enumerate(self.events) if e is event)
-
-    def matching(self, pred: Predicate, since: int = 0) -> list[Event]:
-        return [e for s, e in self.events[since:] if pred(s, e)]
-
-    async def wait(self, pred: Predicate, *, since: int = 0, timeout: float = DEADLINE) -> Any:
-        """The first event after ``since`` that matches, awaited with a deadline."""
-        for s, e in self.events[since:]:
-            if pred(s, e):
-                return e
-        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        waiter = (pred, fut)
-        self._waiters.append(waiter)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self._waiters.remove(waiter)
-
-    async def none_within(self, pred: Predicate, *, since: int, timeout: float) -> None:
-        """Assert that no matching event arrives within ``timeout`` (absence, with a deadline)."""
-        with contextlib.suppress(TimeoutError):
-            event = await self.wait(pred, since=since, timeout=timeout)
-            raise AssertionError(f"unexpected event: {event!r}")
-
-
-def of(cls: type[Event], subject: str | None = None, /, **fields: Any) -> Predicate:
-    """A predicate: an event of type ``cls`` (on ``subject``) whose fields equal ``fields``."""
-
-    def pred(s: str, e: Event) -> bool:
-        if not isinstance(e, cls) or (subject is not None and s != subject):
-            return False
-        return all(getattr(e, k) == v for k, v in fields.items())
-
-    return pred
-
-
 @pytest.fixture
 async def client(nats_url: str) -> AsyncIterator[Client]:
     """The test's own connection: for publishing as a fake node and for watching."""
@@ -156,6 +80,8 @@ async def client(nats_url: str) -> AsyncIterator[Client]:
 
 
 async def record(nc: Client, subject: str) -> Recorder:
+    """Every event on ``subject`` from now on (the subscription is on the server when this
+    returns)."""
     rec = Recorder()
     await nc.subscribe(subject, cb=rec.on_msg)
     await nc.flush()  # the subscription is registered on the server before we go on

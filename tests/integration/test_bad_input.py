@@ -25,10 +25,10 @@ async def test_membership_drops_bad_heartbeats_and_keeps_working(
     s = subjects
     rec = await record(client, s.all_node_events)
     (m,), hearts = await start_membership(services, client, s)
-    await rec.wait(of(NodeJoined, node="n1"))
-    await rec.wait(of(NodeJoined, node="n2"))
+    await rec.expect(of(NodeJoined, node="n1"))
+    await rec.expect(of(NodeJoined, node="n2"))
     hearts.beating.discard("n1")
-    await rec.wait(of(NodeLost, node="n1"))
+    await rec.expect(of(NodeLost, node="n1"))
     assert m.bus.dropped == {}
 
     rejoin = rec.mark()
@@ -39,7 +39,7 @@ async def test_membership_drops_bad_heartbeats_and_keeps_working(
     await stray.send("n9")  # a node that is not in the cluster file
     await stray.send("n1", subject=s.heartbeat("n2"))  # n1's heartbeat on n2's subject
     await stray.send("n1")  # and a good one: n1 is back
-    await rec.wait(of(NodeJoined, s.node_joined("n1"), node="n1"), since=rejoin)
+    await rec.expect(of(NodeJoined, s.node_joined("n1"), node="n1"), since=rejoin)
 
     assert m.bus.dropped == {s.heartbeat("n1"): 2, s.heartbeat("n9"): 1, s.heartbeat("n2"): 1}
     assert rec.matching(of(NodeJoined, node="n9")) == []
@@ -51,7 +51,7 @@ async def test_placement_drops_garbage_node_events_and_keeps_working(
 ) -> None:
     s = subjects
     cluster, rec, _, (p,) = await start_placement(services, client, s)
-    await rec.wait(of(PlacementDecided, group="web1", node="n1", epoch=1))
+    await rec.expect(of(PlacementDecided, group="web1", node="n1", epoch=1))
 
     garbage = s.node_lost("x")
     await client.publish(garbage, b"\x00garbage{")
@@ -60,7 +60,7 @@ async def test_placement_drops_garbage_node_events_and_keeps_working(
     await client.publish(s.node_joined("x"), b"{}")  # no type tag at all
     # The following valid event alone (the nodes bucket still says n1 is up) moves the group.
     await cluster.announce("n1", "lost")
-    decided = await rec.wait(of(PlacementDecided, group="web1", epoch=2))
+    decided = await rec.expect(of(PlacementDecided, group="web1", epoch=2))
     assert (decided.node, decided.previous) == ("n2", "n1")
 
     assert p.bus.dropped == {garbage: 2, s.node_joined("x"): 1}

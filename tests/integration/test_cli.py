@@ -125,7 +125,7 @@ async def test_apply_of_a_bad_file_changes_nothing(
     m = re.search(r"as revision (\d+)$", good.stdout.strip())
     assert m is not None, good.stdout
     revision = int(m.group(1))
-    event = await applied.wait(of(ConfigApplied, revision=revision))
+    event = await applied.expect(of(ConfigApplied, revision=revision))
     assert (event.cluster, event.nodes, event.groups) == ("it", 3, 2)
 
     bus = await services.bus("cli", "test")

@@ -14,8 +14,8 @@ from vigil.supervisor.restarts import RestartTracker
 from vigil.wire.cluster import App, Group, Restart
 
 
-class Recorder:
-    """The Reporter: remembers the steps in order, wakes waiters."""
+class StepLog:
+    """A Reporter for one GroupRun: remembers the steps in order, wakes waiters."""
 
     def __init__(self) -> None:
         self.steps: list[str] = []
@@ -89,7 +89,7 @@ def alive(pid: int) -> bool:
 async def test_daemon_start_check_restart_and_stop(tmp_path: Path) -> None:
     group = daemon_group(tmp_path)
     env = {**os.environ, "VIGIL_ADDRESS": "127.0.0.1", "VIGIL_GROUP": "db"}
-    steps = Recorder()
+    steps = StepLog()
     run = GroupRun(group, 1, env, tmp_path / "db.log", steps, RestartTracker(group.restart))
     task = asyncio.create_task(run.main())
     try:

@@ -36,15 +36,15 @@ async def test_node_loss_moves_its_group_within_a_lease_and_a_little(
         services.spawn(p.run(), f"placement-{name}")
 
     for n in NODES:
-        await nodes.wait(of(NodeJoined, node=n))
-    first = await placements.wait(of(PlacementDecided, group="web1", epoch=1))
+        await nodes.expect(of(NodeJoined, node=n))
+    first = await placements.expect(of(PlacementDecided, group="web1", epoch=1))
     assert first.node == "n1"
 
     silent = time.monotonic()
     hearts.beating.discard("n1")
-    lost = await nodes.wait(of(NodeLost, node="n1"))
+    lost = await nodes.expect(of(NodeLost, node="n1"))
     assert lost.silent_for >= LEASE
-    moved = await placements.wait(of(PlacementDecided, group="web1", epoch=2))
+    moved = await placements.expect(of(PlacementDecided, group="web1", epoch=2))
     took = time.monotonic() - silent
     print(f"heartbeats stopped -> group moved: {took * 1000:.0f} ms (lease {LEASE * 1000:.0f} ms)")
     assert (moved.node, moved.previous) == ("n2", "n1")

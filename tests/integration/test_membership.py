@@ -73,12 +73,12 @@ async def test_nodes_join_then_a_silent_node_is_lost_once_and_rejoins(
     (m,), hearts = await start_membership(services, client, s)
     nodes = await kv(m.bus, s.bucket_nodes)
 
-    await rec.wait(of(NodeJoined, s.node_joined("n1"), node="n1"))
-    await rec.wait(of(NodeJoined, s.node_joined("n2"), node="n2"))
+    await rec.expect(of(NodeJoined, s.node_joined("n1"), node="n1"))
+    await rec.expect(of(NodeJoined, s.node_joined("n2"), node="n2"))
 
     mark = rec.mark()
     hearts.beating.discard("n1")
-    lost = await rec.wait(of(NodeLost, s.node_lost("n1"), node="n1"), since=mark)
+    lost = await rec.expect(of(NodeLost, s.node_lost("n1"), node="n1"), since=mark)
     assert lost.silent_for >= LEASE
     assert lost.source == m.bus.source
     n1 = await get_record(nodes, "n1", NodeRecord)
@@ -88,7 +88,7 @@ async def test_nodes_join_then_a_silent_node_is_lost_once_and_rejoins(
 
     rejoin = rec.mark()
     hearts.beating.add("n1")
-    await rec.wait(of(NodeJoined, s.node_joined("n1"), node="n1"), since=rejoin)
+    await rec.expect(of(NodeJoined, s.node_joined("n1"), node="n1"), since=rejoin)
     n1 = await get_record(nodes, "n1", NodeRecord)
     assert n1 is not None and n1.state == "up"
 
@@ -97,7 +97,7 @@ async def test_nodes_join_then_a_silent_node_is_lost_once_and_rejoins(
     assert len(rec.matching(of(NodeLost, node="n1"))) == 1
     assert rec.matching(of(NodeLost, node="n2")) == []
     assert len(rec.matching(of(NodeJoined, node="n2"))) == 1
-    assert [type(e).__name__ for _, e in rec.events if getattr(e, "node", None) == "n1"] == [
+    assert [type(e).__name__ for e in rec.events if getattr(e, "node", None) == "n1"] == [
         "NodeJoined",
         "NodeLost",
         "NodeJoined",
@@ -111,12 +111,12 @@ async def test_two_replicas_publish_each_transition_once(
     rec = await record(client, s.all_node_events)
     replicas, hearts = await start_membership(services, client, s, replicas=2)
 
-    await rec.wait(of(NodeJoined, node="n1"))
-    await rec.wait(of(NodeJoined, node="n2"))
+    await rec.expect(of(NodeJoined, node="n1"))
+    await rec.expect(of(NodeJoined, node="n2"))
 
     mark = rec.mark()
     hearts.beating.discard("n1")
-    lost = await rec.wait(of(NodeLost, s.node_lost("n1"), node="n1"), since=mark)
+    lost = await rec.expect(of(NodeLost, s.node_lost("n1"), node="n1"), since=mark)
     assert lost.silent_for >= LEASE
     # No second NodeLost comes, though both replicas saw the lease lapse (and so both tried
     # to record it: the later one lost the compare-and-set or found it recorded).
@@ -126,14 +126,14 @@ async def test_two_replicas_publish_each_transition_once(
 
     rejoin = rec.mark()
     hearts.beating.add("n1")
-    joined = await rec.wait(of(NodeJoined, node="n1"), since=rejoin)
+    joined = await rec.expect(of(NodeJoined, node="n1"), since=rejoin)
     await rec.none_within(of(NodeJoined, node="n1"), since=rec.after(joined), timeout=2 * LEASE)
 
     assert len(rec.matching(of(NodeLost, node="n1"))) == 1
     assert len(rec.matching(of(NodeJoined, node="n1"))) == 2  # first join, rejoin
     assert len(rec.matching(of(NodeJoined, node="n2"))) == 1
     assert rec.matching(of(NodeLost, node="n2")) == []
-    assert {e.source for _, e in rec.events} <= {m.bus.source for m in replicas}
+    assert {e.source for e in rec.events} <= {m.bus.source for m in replicas}
 
 
 async def test_a_node_dropped_from_the_file_and_readded_while_dead_is_lost(
@@ -142,8 +142,8 @@ async def test_a_node_dropped_from_the_file_and_readded_while_dead_is_lost(
     s = subjects
     rec = await record(client, s.all_node_events)
     (m,), hearts = await start_membership(services, client, s)
-    await rec.wait(of(NodeJoined, node="n1"))
-    await rec.wait(of(NodeJoined, node="n2"))
+    await rec.expect(of(NodeJoined, node="n1"))
+    await rec.expect(of(NodeJoined, node="n2"))
     cli = await services.bus("cli", "test2")
 
     await m.applied(await store(cli, make_spec(["n1"])))  # n2 leaves the cluster file ...
@@ -154,7 +154,7 @@ async def test_a_node_dropped_from_the_file_and_readded_while_dead_is_lost(
     # must give it a lease and declare it lost when that lapses.
     n2 = await get_record(await kv(cli, s.bucket_nodes), "n2", NodeRecord)
     assert n2 is not None and n2.state == "up"
-    await rec.wait(of(NodeLost, node="n2"), timeout=4 * LEASE)
+    await rec.expect(of(NodeLost, node="n2"), timeout=4 * LEASE)
 
 
 async def test_a_restarted_replica_gives_recorded_nodes_a_lease_and_loses_the_silent_one(
@@ -163,8 +163,8 @@ async def test_a_restarted_replica_gives_recorded_nodes_a_lease_and_loses_the_si
     s = subjects
     rec = await record(client, s.all_node_events)
     (m1,), hearts = await start_membership(services, client, s)
-    await rec.wait(of(NodeJoined, node="n1"))
-    await rec.wait(of(NodeJoined, node="n2"))
+    await rec.expect(of(NodeJoined, node="n1"))
+    await rec.expect(of(NodeJoined, node="n2"))
 
     # The only replica goes away; while it is gone, n1 dies.
     task = next(t for t in services.tasks if t.get_name() == "membership-m1")
@@ -177,7 +177,7 @@ async def test_a_restarted_replica_gives_recorded_nodes_a_lease_and_loses_the_si
     mark = rec.mark()
     m2 = ProbedMembership(await services.bus("membership", "m2"))
     services.spawn(m2.run(), "membership-m2")
-    lost = await rec.wait(of(NodeLost, node="n1"), since=mark)
+    lost = await rec.expect(of(NodeLost, node="n1"), since=mark)
     assert lost.source == m2.bus.source and lost.silent_for >= LEASE
     # n2, which kept beating, is neither lost nor announced again.
     await rec.none_within(of(NodeJoined), since=mark, timeout=2 * LEASE)

@@ -1,0 +1,55 @@
+"""A helper process that prints one JSON object a line, read on a thread into a list."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import IO, Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class JsonLines(Generic[T]):
+    """Runs ``argv``; each JSON line becomes ``parse(record)`` in ``items``. ``stop`` terminates
+    the process by its PID and joins the reader; it is idempotent."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        parse: Callable[[dict[str, Any]], T],
+        stderr: int | IO[Any] = subprocess.DEVNULL,
+    ) -> None:
+        self.items: list[T] = []
+        self.lock = threading.Lock()
+        self._parse = parse
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                item = self._parse(json.loads(line))
+            except (ValueError, KeyError):
+                continue  # a stray line (a warning) is not a record
+            with self.lock:
+                self.items.append(item)
+
+    def snapshot(self) -> list[T]:
+        with self.lock:
+            return list(self.items)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.reader.join(timeout=5)
