@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -139,6 +139,50 @@ def client_probe(state: LabState, target: str) -> Probe:
     return Probe(state.ns("client"), target, interval=0.01, timeout=0.05, duration=120)
 
 
+@dataclass
+class Outage:
+    """What the client saw around one fault: who was killed, when the survivor answered."""
+
+    victim: str
+    t_fault: float
+    kill_s: float = 0.0  # how long the kill procedure itself took
+    served_at: float | None = None  # the survivor's first answer (probe clock)
+    served_s: float | None = None  # fault -> first answer from the survivor
+    outage_s: float | None = None  # last answer before -> first answer after
+    failures: dict[str, int] = field(default_factory=dict)  # failed attempts by kind
+    error: str | None = None
+
+
+async def client_outage(
+    probe: Probe, kill: Callable[[str], Awaitable[float]], phase: float, tail: float
+) -> Outage:
+    """Wait for a first answer, kill the node that gave it at a random phase of ``phase``
+    (the runs must not be in step with the protocol's own timer), then wait for the first
+    answer from another node; ``tail`` seconds more let the last events arrive."""
+    first = await probe.wait_for(lambda a: served_by(a) is not None, 30, "a first answer")
+    sb = served_by(first)
+    assert sb is not None
+    victim = sb[0]
+    await asyncio.sleep(0.3 + random.uniform(0, phase))
+    t0 = await kill(victim)
+    out = Outage(victim, t0, time.time() - t0)
+    try:
+        after = await probe.wait_for(
+            lambda a: a.t > t0 and (s := served_by(a)) is not None and s[0] != victim,
+            30,
+            "an answer from the survivor",
+        )
+    except TimeoutError as exc:
+        out.error = str(exc)
+        return out
+    await asyncio.sleep(tail)
+    answers = probe.answers
+    last_ok = max((a.t for a in answers if a.ok and a.t <= t0), default=t0)
+    out.served_at, out.served_s, out.outage_s = after.t, after.t - t0, after.t - last_ok
+    out.failures = dict(Counter(a.text for a in answers if t0 < a.t < after.t and not a.ok))
+    return out
+
+
 class LabBench:
     """A lab with one timing set, a host connection and an event recorder."""
 
@@ -202,37 +246,21 @@ class LabBench:
 
     # -- node loss --------------------------------------------------------------------------
     async def node_loss(self) -> NodeLossRun:
+        async def kill(victim: str) -> float:
+            t0, _ = await asyncio.to_thread(vigil_node_loss, self.lab.prefix, victim)
+            return float(t0)
+
         probe = self.probe()
         try:
-            first = await probe.wait_for(lambda a: served_by(a) is not None, 20, "a first answer")
-            sb = served_by(first)
-            assert sb is not None
-            victim = sb[0]
-            # A steady baseline of answers, then the fault at a random phase of the heartbeat:
-            # the runs must not be in step with the protocol's own timer.
-            await asyncio.sleep(0.3 + random.uniform(0, self.timing.heartbeat))
-            t0, _ = await asyncio.to_thread(vigil_node_loss, self.lab.prefix, victim)
-            run = NodeLossRun(victim, t0, time.time() - t0)
-            try:
-                after = await probe.wait_for(
-                    lambda a: a.t > t0 and (s := served_by(a)) is not None and s[0] != victim,
-                    30,
-                    "an answer from the survivor",
-                )
-            except TimeoutError as exc:
-                run.error = str(exc)
-                return run
-            await asyncio.sleep(0.2)  # the last events are on their way
+            out = await client_outage(probe, kill, self.timing.heartbeat, tail=0.2)
         finally:
             await self.stop_probe(probe)
-        last_ok = max((a.t for a in probe.answers if a.ok and a.t <= t0), default=t0)
-        run.served_s = after.t - t0
-        run.outage_s = after.t - last_ok
-        run.failures = dict(
-            Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok)
-        )
-        self.hops(run, after.t)
-        await self.rejoin(victim)
+        run = NodeLossRun(out.victim, out.t_fault, out.kill_s, error=out.error)
+        if out.served_at is None:
+            return run
+        run.served_s, run.outage_s, run.failures = out.served_s, out.outage_s, out.failures
+        self.hops(run, out.served_at)
+        await self.rejoin(out.victim)
         return run
 
     def hops(self, run: NodeLossRun, served_at: float) -> None:

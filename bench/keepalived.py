@@ -13,21 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vigil.lab.lab import Lab, LabState
 from vigil.lab.netns import LabError, ip
 
-from .failover import Log, client_probe, served_by, teardown
+from .failover import Log, client_outage, client_probe, teardown
 from .netfault import node_loss
 
 VIP = "10.213.0.101"
@@ -189,35 +187,19 @@ class KeepalivedLab:
         return min(hits) if hits else None
 
     async def node_loss(self) -> KaRun:
+        async def kill(victim: str) -> float:
+            return await asyncio.to_thread(self.kill, victim)
+
         probe = client_probe(self.state, f"{VIP}:8080")
         try:
-            first = await probe.wait_for(lambda a: served_by(a) is not None, 30, "a first answer")
-            sb = served_by(first)
-            assert sb is not None
-            victim = sb[0]
-            survivor = next(n for n in NODES if n != victim)
-            # The fault at a random phase of the advertisement interval (see failover.py).
-            await asyncio.sleep(0.3 + random.uniform(0, self.cfg.advert))
-            t0 = await asyncio.to_thread(self.kill, victim)
-            run = KaRun(victim, t0)
-            try:
-                after = await probe.wait_for(
-                    lambda a: a.t > t0 and (s := served_by(a)) is not None and s[0] != victim,
-                    30,
-                    "an answer from the survivor",
-                )
-            except TimeoutError as exc:
-                run.error = str(exc)
-                return run
-            await asyncio.sleep(0.1)
+            out = await client_outage(probe, kill, self.cfg.advert, tail=0.1)
         finally:
             await asyncio.to_thread(probe.stop)
-        last_ok = max((a.t for a in probe.answers if a.ok and a.t <= t0), default=t0)
-        run.served_s = after.t - t0
-        run.outage_s = after.t - last_ok
-        run.failures = dict(
-            Counter(a.text for a in probe.answers if t0 < a.t < after.t and not a.ok)
-        )
+        run = KaRun(out.victim, out.t_fault, error=out.error)
+        if out.served_at is None:
+            return run
+        run.served_s, run.outage_s, run.failures = out.served_s, out.outage_s, out.failures
+        survivor, t0, victim = next(n for n in NODES if n != out.victim), out.t_fault, out.victim
         master = self.master_since(survivor, t0)
         run.master_s = master - t0 if master else None
         await asyncio.to_thread(self.revive, victim)

@@ -1,4 +1,4 @@
-"""A helper process that prints one JSON object a line, read on a thread into a list."""
+"""A helper process whose output lines are read on a thread into a list (JSON lines or plain)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from typing import IO, Any, Generic, TypeVar
 T = TypeVar("T")
 
 
-class JsonLines(Generic[T]):
-    """Runs ``argv``; each JSON line becomes ``parse(record)`` in ``items``. ``stop`` terminates
-    the process by its PID and joins the reader; it is idempotent."""
+class Lines(Generic[T]):
+    """Runs ``argv``; each output line becomes ``parse(line)`` in ``items`` (a line it rejects
+    with ValueError or KeyError is skipped). ``stop`` terminates the process by its PID and joins
+    the reader; it is idempotent."""
 
     def __init__(
         self,
         argv: list[str],
-        parse: Callable[[dict[str, Any]], T],
+        parse: Callable[[str], T],
         stderr: int | IO[Any] = subprocess.DEVNULL,
     ) -> None:
         self.items: list[T] = []
@@ -34,7 +35,7 @@ class JsonLines(Generic[T]):
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             try:
-                item = self._parse(json.loads(line))
+                item = self._parse(line)
             except (ValueError, KeyError):
                 continue  # a stray line (a warning) is not a record
             with self.lock:
@@ -53,3 +54,15 @@ class JsonLines(Generic[T]):
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.reader.join(timeout=5)
+
+
+class JsonLines(Lines[T]):
+    """``Lines`` of a process that prints one JSON object a line: ``parse(record)`` each."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        parse: Callable[[dict[str, Any]], T],
+        stderr: int | IO[Any] = subprocess.DEVNULL,
+    ) -> None:
+        super().__init__(argv, lambda line: parse(json.loads(line)), stderr)

@@ -13,6 +13,7 @@ from ipaddress import IPv4Address
 
 from vigil.lab.lab import CLIENT_IP
 
+from .lines import Lines
 from .netns import IFNAME, in_netns, mac
 from .procs import run
 from .waiting import wait_until
@@ -104,34 +105,13 @@ class NftMonitor:
 
     def __init__(self, ns: str, duration: float = 120.0) -> None:
         self.ns = ns
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [
-                "timeout",
-                str(duration),
-                "stdbuf",
-                "-oL",  # nft buffers its output into a pipe; we want each line as it happens
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "nft",
-                "monitor",
-                "new",
-                "elements",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        argv = ["timeout", str(duration), "stdbuf", "-oL"]  # nft buffers its output into a pipe
+        argv += ["ip", "netns", "exec", ns, "nft", "monitor", "new", "elements"]
+        self._lines = Lines(argv, str.strip, stderr=subprocess.STDOUT)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.strip())
+    @property
+    def lines(self) -> list[str]:
+        return self._lines.snapshot()
 
     def wait_listening(self, timeout: float = 5.0) -> None:
         """Return once the monitor reports changes: poke a sentinel set of our own in the
@@ -157,11 +137,4 @@ class NftMonitor:
         return [ln for ln in list(self.lines) if " leased " in ln and f"{{ {vip} " in ln]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.reader.join(timeout=5)
+        self._lines.stop()

@@ -77,33 +77,31 @@ class Probe:
                     out.append(who)
         return out
 
+    def _first(self, ok: Callable[[Answer], bool], seen: int) -> tuple[Answer | None, int]:
+        """The first answer from position ``seen`` on for which ``ok`` holds, and how far we
+        looked."""
+        answers = self.answers
+        return next((a for a in answers[seen:] if ok(a)), None), len(answers)
+
     def until(self, ok: Callable[[Answer], bool], timeout: float, what: str) -> Answer:
         """The first answer for which ``ok`` holds, polled (the probe writes every few ms)."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            answers = self.answers
-            for answer in answers[seen:]:
-                if ok(answer):
-                    return answer
-            seen = len(answers)
+        deadline, seen = time.monotonic() + timeout, 0
+        while (found := self._first(ok, seen))[0] is None:
+            seen = found[1]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the client never saw {what} within {timeout:g}s")
             time.sleep(0.01)
+        return found[0]
 
     async def wait_for(self, ok: Callable[[Answer], bool], timeout: float, what: str) -> Answer:
         """``until`` for a caller inside an event loop."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            answers = self.answers
-            for answer in answers[seen:]:
-                if ok(answer):
-                    return answer
-            seen = len(answers)
+        deadline, seen = time.monotonic() + timeout, 0
+        while (found := self._first(ok, seen))[0] is None:
+            seen = found[1]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the client never saw {what} within {timeout:g}s")
             await asyncio.sleep(0.01)
+        return found[0]
 
     def stop(self) -> None:
         self._lines.stop()
