@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import msgspec
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from vigil.wire.cluster import ClusterSpec
@@ -31,12 +32,19 @@ class ConfigSource:
             self._bucket = await kv(self.bus, self.bus.subjects.bucket_config, history=10)
         return self._bucket
 
-    async def refresh(self) -> bool:
-        """Re-read the stored spec; True when it changed."""
+    async def refresh(self, strict: bool = False) -> bool:
+        """Re-read the stored spec; True when it changed. A failed read raises when ``strict``
+        (a reader such as ``vigil status`` must not mistake "could not read" for "nothing
+        applied"); a service logs it and keeps the spec it has."""
         bucket = await self.bucket()
         try:
             entry = await bucket.get(CONFIG_KEY)
-        except Exception:  # nothing applied yet
+        except KeyNotFoundError:  # nothing applied yet
+            return False
+        except Exception as exc:
+            if strict:
+                raise
+            log.warning("could not read the cluster file (%s); keeping what we have", exc)
             return False
         if entry.revision == self.revision or not entry.value:
             return False

@@ -91,7 +91,7 @@ def build(
 async def read(bus: Bus) -> StatusView:
     s = bus.subjects
     source = ConfigSource(bus)
-    await source.refresh()
+    await source.refresh(strict=True)
     observed = await kv(bus, s.bucket_observed)
     return build(
         source.spec,
