@@ -18,8 +18,8 @@ from pathlib import Path
 
 from vigil.wire.cluster import ClusterSpec
 
-from ..core import status as status_mod
 from ..core import embedded
+from ..core import status as status_mod
 from ..core.bus import Bus
 from ..core.clusterconfig import store
 from ..core.subjects import Subjects
