@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -42,7 +43,7 @@ WEB2 = "10.231.0.102"
 NATS_URL = "nats://nats1:4222,nats://nats2:4222,nats://nats3:4222"
 
 PROBE = r"""
-import socket, sys, time
+import errno, socket, sys, time
 host, port = sys.argv[1], int(sys.argv[2])
 while True:
     t = time.time()
@@ -56,7 +57,8 @@ while True:
         body = data.partition(b"\r\n\r\n")[2].decode().strip()
         print(f"{t:.3f} ok {body}", flush=True)
     except OSError as exc:
-        print(f"{t:.3f} fail {type(exc).__name__}", flush=True)
+        code = errno.errorcode.get(exc.errno or 0, "")
+        print(f"{t:.3f} fail {type(exc).__name__}:{code}", flush=True)
     time.sleep(0.02)
 """
 
@@ -166,6 +168,16 @@ def restart_counts(compose: Compose) -> dict[str, int]:
     return out
 
 
+def keep_logs(compose: Compose, name: str, since: float | None = None) -> None:
+    """The containers' logs, for a post-mortem (they go with `down`)."""
+    args = ["logs", "--no-color", "--timestamps"]
+    if since is not None:
+        args += ["--since", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))]
+    dockerhost.STATE.mkdir(parents=True, exist_ok=True)
+    (dockerhost.STATE / name).write_text(compose(*args, check=False, timeout=120))
+    log(f"container logs in {dockerhost.STATE / name}")
+
+
 def host_leftovers() -> list[str]:
     """Anything of the test on the machine itself: addresses, nftables table, bridges."""
     found = [line for line in run("ip", "-4", "-o", "addr").splitlines() if SUBNET in line]
@@ -195,10 +207,7 @@ def deployment() -> Iterator[Compose]:
             yield compose
         finally:
             if compose is not None:
-                logs = compose("logs", "--no-color", "--timestamps", check=False, timeout=120)
-                dockerhost.STATE.mkdir(parents=True, exist_ok=True)
-                (dockerhost.STATE / "compose.log").write_text(logs)
-                log(f"container logs in {dockerhost.STATE / 'compose.log'}")
+                keep_logs(compose, "compose.log")
                 compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
             dockerhost.remove_images(*built)
             leftovers = host_leftovers()
@@ -232,12 +241,13 @@ def test_compose_deployment_fails_over_between_two_hosts(deployment: Compose) ->
         killed = time.time()
         run("docker", "kill", *(compose.container(s) for s in ("address1", "supervisor1", "host1")))
         served = probe.served_by("n2", killed, timeout=30)
-        failed = [t for t, ok, _ in probe.lines if killed <= t < served and not ok]
+        failed = Counter(why for t, ok, why in probe.lines if killed <= t < served and not ok)
         message = (
             f"failover: web1 served from n2 {1000 * (served - killed):.0f} ms after "
-            f"`docker kill` of host 1 ({len(failed)} failed probes in between)"
+            f"`docker kill` of host 1 (failed probes in between: {dict(failed)})"
         )
         log(message)
+        keep_logs(compose, "failover.log", since=killed - 5)
         print(message, file=sys.stderr)
         (ROOT / "tests" / "deploy" / "last-failover.txt").write_text(message + "\n")
 
@@ -252,6 +262,7 @@ def test_compose_deployment_fails_over_between_two_hosts(deployment: Compose) ->
     log("one NATS server down: status, apply and web1 still work")
 
     # -- down, then up on the same volumes -----------------------------------------------------
+    keep_logs(compose, "before-down.log")
     compose("down", "--timeout", "10")
     compose("up", "-d")
     log("down and up again")
