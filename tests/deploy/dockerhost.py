@@ -77,6 +77,7 @@ def daemon() -> Iterator[None]:
         yield
         return
     STATE.mkdir(parents=True, exist_ok=True)
+    firewall = Firewall.save()  # dockerd adds chains, NAT and a FORWARD policy of DROP
     logfile = (STATE / "dockerd.log").open("ab")
     log("starting dockerd")
     proc = subprocess.Popen(
@@ -101,8 +102,35 @@ def daemon() -> Iterator[None]:
             proc.kill()
             proc.wait()
         logfile.close()
-        # dockerd leaves its default bridge behind; it was ours.
+        # dockerd leaves its default bridge and its firewall rules behind; they were ours.
         subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
+        firewall.restore()
+
+
+class Firewall:
+    """The machine's iptables (nftables-backed) and IPv4 forwarding, to put back after dockerd."""
+
+    def __init__(self, tables: set[str], saved: str, forward: str) -> None:
+        self.tables, self.saved, self.forward = tables, saved, forward
+
+    @staticmethod
+    def nft_tables() -> set[str]:
+        out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+        return {line.strip() for line in out.splitlines() if line.strip()}
+
+    @classmethod
+    def save(cls) -> Firewall:
+        saved = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+        return cls(cls.nft_tables(), saved, forward)
+
+    def restore(self) -> None:
+        dockers = {f"table {fam} {name}" for fam in ("ip", "ip6") for name in ("nat", "filter")}
+        for table in sorted((self.nft_tables() - self.tables) & dockers):
+            subprocess.run(["nft", "delete", *table.split()], capture_output=True)
+        if self.saved.strip():
+            subprocess.run(["iptables-restore"], input=self.saved, text=True, capture_output=True)
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(self.forward + "\n")
 
 
 # -- images -------------------------------------------------------------------------------------
