@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := iproute2 nftables procps curl util-linux nginx-light redis-server redis-tools
 
 .DEFAULT_GOAL := help
-.PHONY: help setup deps run test test-unit test-integration test-e2e lint typecheck schemas \
+.PHONY: help setup deps run test test-unit test-integration test-e2e test-deploy lint typecheck schemas \
         bench lab-down clean
 
 help: ## list the targets
@@ -41,7 +41,7 @@ run: setup ## the lab demo: 3 nodes, kill one, print the failover timeline
 
 test: setup ## the whole suite: lint, types, unit, integration, e2e (e2e needs root)
 	$(MAKE) --no-print-directory lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider -m "not deploy" tests
 
 test-unit: setup ## unit tests only (pure logic, no root)
 	$(BIN)/pytest -q tests/unit
@@ -51,6 +51,9 @@ test-integration: setup ## integration tests against a real nats-server
 
 test-e2e: setup ## end-to-end tests in network namespaces (root)
 	$(BIN)/pytest -q tests/e2e
+
+test-deploy: setup ## the compose deployment in Docker, two hosts, failover (root; installs Docker)
+	$(BIN)/pytest -q -p no:cacheprovider -s -m deploy tests/deploy
 
 lint: setup ## ruff and import-linter
 	$(BIN)/ruff check services schemas tests bench

@@ -16,12 +16,14 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
 
 import pytest
 
@@ -441,3 +443,28 @@ async def test_fence_install_resets_leases_and_renew_takes_empty_sets(pair: Pair
         await fence.remove()
     out = ip("netns", "exec", pair.a, "nft", "list", "tables").stdout
     assert "vigil_t" not in out
+
+
+# -- cleanup after a stopped address service -----------------------------------------------
+
+
+def test_cleanup_removes_fenced_vips_and_the_table(pair: Pair) -> None:
+    """`vigil address --cleanup`: the VIPs named in the table go, the node's own address and
+    anything else stay, and so does nothing of the table."""
+    with in_netns(pair.a):
+        asyncio.run(Fence(IFNAME).install([VIP.ip, VIP2.ip]))
+    ip("-n", pair.a, "addr", "add", str(VIP), "dev", IFNAME)
+    vigil = str(Path(sys.executable).with_name("vigil"))
+    run = ["ip", "netns", "exec", pair.a, vigil, "address", "--cleanup"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.splitlines() == [
+        f"removed {VIP} from {IFNAME}",
+        "deleted nftables table netdev vigil",
+    ]
+    assert set(ip_addrs(pair.a)) == {str(A_IP)}
+    tables = subprocess.run(
+        ["ip", "netns", "exec", pair.a, "nft", "list", "tables"], capture_output=True, text=True
+    )
+    assert "vigil" not in tables.stdout
+    again = subprocess.run(run, capture_output=True, text=True, timeout=30, check=True)
+    assert again.stdout == ""  # idempotent: nothing left to do

@@ -52,9 +52,26 @@ def yaml_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml"))
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """Safe YAML plus compose's merge tags (``!reset``, ``!override``), read as plain values."""
+
+
+for _tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(
+        _tag,
+        lambda loader, node: (
+            loader.construct_sequence(node)
+            if isinstance(node, yaml.SequenceNode)
+            else loader.construct_mapping(node)
+            if isinstance(node, yaml.MappingNode)
+            else loader.construct_scalar(node)
+        ),
+    )
+
+
 @cache
 def load_docs(path: Path) -> tuple[Any, ...]:
-    return tuple(d for d in yaml.safe_load_all(path.read_text()) if d is not None)
+    return tuple(d for d in yaml.load_all(path.read_text(), Loader=ComposeLoader) if d is not None)
 
 
 def image_name(image: str) -> str:
@@ -146,7 +163,9 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile() -> None:
     instructions = dockerfile_instructions()
     froms = [rest for kw, rest in instructions if kw == "FROM"]
-    assert froms and froms[-1].split()[0] == "python:3.11-slim-bookworm"
+    assert froms and froms[-1].split()[0] == "${BASE_IMAGE}", "the base is a build argument"
+    args = dict(rest.partition("=")[::2] for kw, rest in instructions if kw == "ARG")
+    assert args.get("BASE_IMAGE") == "python:3.11-slim-bookworm", "default: upstream Python"
     runs = " && ".join(rest for kw, rest in instructions if kw == "RUN")
     apt = re.search(r"apt-get install ([^&;]*)", runs)
     assert apt is not None, "no apt-get install"
@@ -657,10 +676,16 @@ def check_cluster_file(doc: dict[str, Any]) -> None:
 
 
 def test_k8s_example_cluster_file_passes_the_real_loader() -> None:
-    config = pytest.importorskip("vigil.core.config")
-    for _, doc in k8s_objects():
-        if doc.get("kind") == "ConfigMap" and "cluster.yaml" in (doc.get("data") or {}):
-            config.load_text(doc["data"]["cluster.yaml"])
+    from vigil.core import config
+
+    found = [
+        doc["data"]["cluster.yaml"]
+        for _, doc in k8s_objects()
+        if doc.get("kind") == "ConfigMap" and "cluster.yaml" in (doc.get("data") or {})
+    ]
+    assert found, "no ConfigMap in k8s/ carries a cluster.yaml"
+    for text in found:
+        config.load_text(text)
 
 
 def test_k8s_namespace() -> None:
@@ -685,3 +710,110 @@ def test_kustomization_lists_every_manifest() -> None:
         f"not listed: {sorted(on_disk - set(listed))}; listed but absent: "
         f"{sorted(set(listed) - on_disk)}"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# compose and Kubernetes agree: the same service runs the same way in both
+
+
+SERVICES = ("membership", "placement", "address", "supervisor")
+
+
+def k8s_running(sub: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod spec, container) of the one Kubernetes container running ``vigil <sub>``."""
+    found = [(spec, c) for _, spec, c in vigil_containers() if subcommand(c) == sub]
+    assert len(found) == 1, f"{len(found)} Kubernetes containers run `vigil {sub}`"
+    return found[0]
+
+
+def compose_running(sub: str) -> dict[str, Any]:
+    found = list(services_running(sub).values())
+    assert len(found) == 1, f"{len(found)} compose services run `vigil {sub}`"
+    return found[0]
+
+
+def flags(argv: list[str], env: set[str]) -> set[str]:
+    """The options given, counting ``--node`` when it comes from VIGIL_NODE instead."""
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    return given | ({"--node"} if "VIGIL_NODE" in env else set())
+
+
+def k8s_env_names(container: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in container.get("env") or []}
+
+
+def k8s_user(spec: dict[str, Any], container: dict[str, Any]) -> tuple[int, int]:
+    """(uid, gid) a container runs as; the image's default is root."""
+    pod = spec.get("securityContext") or {}
+    own = container.get("securityContext") or {}
+    uid = own.get("runAsUser", pod.get("runAsUser", 0))
+    return int(uid), int(own.get("runAsGroup", pod.get("runAsGroup", 0 if uid == 0 else uid)))
+
+
+def compose_user(svc: dict[str, Any]) -> tuple[int, int]:
+    user = str(svc.get("user", "0"))
+    uid, _, gid = user.partition(":")
+    uid = "0" if uid == "root" else uid
+    return int(uid), int(gid or (0 if uid == "0" else uid))
+
+
+@pytest.mark.parametrize("sub", SERVICES)
+def test_compose_and_k8s_agree_on_commands(sub: str) -> None:
+    svc = compose_running(sub)
+    _, container = k8s_running(sub)
+    k8s_argv = argv_of(container.get("command")) + argv_of(container.get("args"))
+    if k8s_argv[:1] == ["vigil"]:
+        k8s_argv = k8s_argv[1:]
+    ours = flags(compose_argv(svc), set(compose_env(svc)))
+    theirs = flags(k8s_argv, k8s_env_names(container))
+    assert ours == theirs, f"{sub}: compose gives {sorted(ours)}, Kubernetes {sorted(theirs)}"
+
+
+@pytest.mark.parametrize("sub", SERVICES)
+def test_compose_and_k8s_agree_on_capabilities(sub: str) -> None:
+    svc = compose_running(sub)
+    _, container = k8s_running(sub)
+    caps = (container.get("securityContext") or {}).get("capabilities") or {}
+    assert set(svc.get("cap_add") or []) == set(caps.get("add") or []), sub
+    assert set(svc.get("cap_drop") or []) == set(caps.get("drop") or []), sub
+
+
+@pytest.mark.parametrize("sub", SERVICES)
+def test_compose_and_k8s_agree_on_users(sub: str) -> None:
+    svc = compose_running(sub)
+    spec, container = k8s_running(sub)
+    assert compose_user(svc) == k8s_user(spec, container), sub
+
+
+def test_compose_and_k8s_agree_on_host_namespaces() -> None:
+    for sub, compose_key, k8s_key in (
+        ("address", "network_mode", "hostNetwork"),
+        ("supervisor", "network_mode", "hostNetwork"),
+        ("supervisor", "pid", "hostPID"),
+    ):
+        spec, _ = k8s_running(sub)
+        assert compose_running(sub).get(compose_key) == "host", (sub, compose_key)
+        assert spec.get(k8s_key) is True, (sub, k8s_key)
+
+
+def test_compose_and_k8s_agree_on_nats() -> None:
+    servers = nats_services()
+    (statefulset,) = (
+        doc
+        for _, doc in k8s_objects()
+        if doc.get("kind") == "StatefulSet"
+        and any(image_name(c["image"]) == "nats" for c in all_containers(pod_spec(doc) or {}))
+    )
+    assert len(servers) == statefulset["spec"]["replicas"] == 3
+    (conf,) = (
+        str(doc["data"][key])
+        for doc in objects_of("ConfigMap").values()
+        for key in (doc.get("data") or {})
+        if key.endswith(".conf")
+    )
+    k8s_cluster = re.search(r"cluster\s*\{[^}]*?\bname:\s*(\S+)", conf)
+    assert k8s_cluster is not None and nats_conf_has_jetstream(conf)
+    for name, svc in servers.items():
+        argv = compose_argv(svc)
+        assert "-js" in argv, f"{name}: JetStream off"
+        assert f"--cluster_name={k8s_cluster.group(1)}" in argv, name

@@ -30,6 +30,7 @@ def render() -> dict[str, str]:
             records.AppStatus,
             records.Intent,
             records.ServiceRecord,
+            records.StrayNode,
         )
     )
     docs["records.schema.json"] = {"$defs": components}

@@ -85,3 +85,13 @@ class AppStatus(msgspec.Struct, frozen=True):
     epoch: int
     pid: int | None = None
     stop_failed: bool = False
+
+
+class StrayNode(msgspec.Struct, frozen=True):
+    """Bucket ``observed``, key ``stray.<node>``. Written every few seconds by a node service
+    whose node is not in the applied cluster file (a typo, a default name, a host the
+    DaemonSet picked up): it touches nothing and waits, and ``vigil status`` lists it."""
+
+    node: str
+    service: str
+    seen: datetime

@@ -22,6 +22,7 @@ from vigil.wire.records import AddressStatus, AppStatus, Placement
 
 from ..core.bus import Bus, all_records, encode, get_record, kv
 from ..core.reconciler import Reconciler, note_placement
+from ..core.stray import wait_until_listed
 from ..core.subjects import address_key, app_key
 from .fence import Fence
 from .garp import GarpDropped, send_gratuitous_arp
@@ -66,10 +67,9 @@ class AddressService(Reconciler):
 
     async def run(self) -> None:
         s = self.bus.subjects
-        while self.config.spec is None:  # nothing to do, and no lease to hold, before a config
-            await self.config.refresh()
-            if self.config.spec is None:
-                await asyncio.sleep(0.5)
+        # Nothing to do, and no lease to hold, before a cluster file that lists this node: a
+        # node it does not know must not fence or address any interface (not even eth0).
+        await wait_until_listed(self.bus, self.config, self.node, "address")
         assert self.config.spec is not None
         ifname = self.ifname(self.config.spec)
         # pyroute2's IPRoute is synchronous and refuses to run on the loop's thread.

@@ -108,6 +108,12 @@ def cmd_service(args: argparse.Namespace) -> int:
     from ..core.runner import run
 
     service = args.command
+    if service == "address" and args.cleanup:
+        from ..address.cleanup import cleanup
+
+        for line in cleanup():
+            print(line)
+        return 0
     node = node_name(args) if service in ("address", "supervisor") else None
     if service in ("address", "supervisor") and not node:
         return fail(f"{service}: --node (or VIGIL_NODE) is required", 2)
@@ -416,6 +422,11 @@ def parser() -> argparse.ArgumentParser:
     ad = with_nats(sub.add_parser("address", help="run this node's address service"))
     ad.add_argument("--node", help="this node's name (default: $VIGIL_NODE)")
     ad.add_argument("--interface", help="interface for the addresses (default: from the file)")
+    ad.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove the VIPs and the nftables table a stopped address service left behind",
+    )
     ad.set_defaults(func=cmd_service)
     su = with_nats(sub.add_parser("supervisor", help="run this node's application supervisor"))
     su.add_argument("--node", help="this node's name (default: $VIGIL_NODE)")

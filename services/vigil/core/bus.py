@@ -20,9 +20,15 @@ import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from vigil.wire.events import AnyEvent, Event
@@ -164,8 +170,29 @@ def replicas() -> int:
     return int(os.environ.get("VIGIL_REPLICAS", "1"))
 
 
+KV_OPEN_DEADLINE = 120.0  # seconds a service keeps trying to open a bucket before it gives up
+
+
 async def kv(bus: Bus, bucket: str, *, history: int = 1) -> KeyValue:
-    """Open a bucket, creating it when missing (every service may be first to start)."""
+    """Open a bucket, creating it when missing (every service may be first to start).
+
+    A JetStream cluster that is still electing its leaders (all servers restarted on existing
+    data, as after ``docker compose down`` and ``up``) answers with a timeout or "unavailable"
+    for a while: retried, with a growing pause, like a missing bucket is created."""
+    deadline = asyncio.get_running_loop().time() + KV_OPEN_DEADLINE
+    pause = 0.2
+    while True:
+        try:
+            return await _open_kv(bus, bucket, history)
+        except (nats.errors.TimeoutError, ServiceUnavailableError, NoRespondersError) as exc:
+            if asyncio.get_running_loop().time() + pause > deadline:
+                raise
+            log.warning("bucket %s not available yet (%r); retrying in %.1fs", bucket, exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+async def _open_kv(bus: Bus, bucket: str, history: int) -> KeyValue:
     try:
         return await bus.js.key_value(bucket)
     except (BucketNotFoundError, NotFoundError):

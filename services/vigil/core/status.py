@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 
 from vigil.wire.cluster import ClusterSpec
-from vigil.wire.records import AddressStatus, AppStatus, Mode, NodeRecord, Placement
+from vigil.wire.records import AddressStatus, AppStatus, Mode, NodeRecord, Placement, StrayNode
 
 from .bus import Bus, all_records, kv
 from .clusterconfig import ConfigSource
+from .stray import fresh, listed
 from .subjects import address_key, app_key
 
 
@@ -29,10 +31,12 @@ class GroupView(msgspec.Struct):
     switching: Literal["enabled", "disabled"] = "enabled"
 
 
-class StatusView(msgspec.Struct):
+class StatusView(msgspec.Struct, omit_defaults=True):
     cluster: str | None
     nodes: list[NodeView]
     groups: list[GroupView]
+    # node services running under a name the cluster file does not list (they touch nothing)
+    strays: list[str] = msgspec.field(default_factory=list)
 
     def group(self, name: str) -> GroupView | None:
         return next((g for g in self.groups if g.name == name), None)
@@ -63,9 +67,15 @@ def build(
     placements: dict[str, Placement],
     addresses: dict[str, AddressStatus],
     apps: dict[str, AppStatus],
+    strays: dict[str, StrayNode] | None = None,
+    now: datetime | None = None,
 ) -> StatusView:
     if spec is None:
         return StatusView(None, [], [])
+    now = now or datetime.now(UTC)
+    stray_names = sorted(
+        {r.node for r in (strays or {}).values() if fresh(r, now) and not listed(spec, r.node)}
+    )
     node_views = [
         NodeView(n.name, "up" if (r := nodes.get(n.name)) and r.state == "up" else "lost")
         for n in spec.nodes
@@ -85,7 +95,7 @@ def build(
                 "enabled" if placement is None or placement.switching else "disabled",
             )
         )
-    return StatusView(spec.cluster.name, node_views, groups)
+    return StatusView(spec.cluster.name, node_views, groups, stray_names)
 
 
 async def read(bus: Bus) -> StatusView:
@@ -99,12 +109,14 @@ async def read(bus: Bus) -> StatusView:
         await all_records(await kv(bus, s.bucket_placement), Placement),
         await all_records(observed, AddressStatus, "address."),
         await all_records(observed, AppStatus, "app."),
+        await all_records(observed, StrayNode, "stray."),
     )
 
 
 def render_table(view: StatusView) -> str:
     lines = [f"cluster {view.cluster or '(no cluster file applied)'}", "", f"{'NODE':<12} STATE"]
     lines += [f"{n.name:<12} {n.state}" for n in view.nodes]
+    lines += [f"{name}: heartbeating but not in the cluster file" for name in view.strays]
     head = (
         f"{'GROUP':<12} {'NODE':<8} {'MODE':<9} {'ADDRESS':<20} {'PREFERRED':<10} {'SWITCHING':<10}"
     )

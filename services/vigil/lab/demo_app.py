@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -26,13 +27,23 @@ class Handler(BaseHTTPRequestHandler):
         pass  # the probe hits us every few ms; keep the group's log readable
 
 
+class Server(ThreadingHTTPServer):
+    allow_reuse_address = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind asks DNS for its own name (getfqdn): where no DNS server
+        # answers (a container on an internal network) that stalls the start for 10 s.
+        TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bind", required=True)
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
-    ThreadingHTTPServer.allow_reuse_address = True
-    server = ThreadingHTTPServer((args.bind, args.port), Handler)
+    server = Server((args.bind, args.port), Handler)
     server.serve_forever()
 
 

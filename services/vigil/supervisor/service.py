@@ -37,6 +37,7 @@ from vigil.wire.records import (
 
 from ..core.bus import Bus, encode, kv
 from ..core.reconciler import Reconciler, note_placement
+from ..core.stray import wait_until_listed
 from ..core.subjects import address_key, app_key
 from .lifecycle import GroupRun
 from .restarts import RestartTracker
@@ -68,6 +69,7 @@ class Supervisor(Reconciler):
 
     async def run(self) -> None:
         s = self.bus.subjects
+        await wait_until_listed(self.bus, self.config, self.node, "supervisor")
         self.observed = await kv(self.bus, s.bucket_observed)
         self.placements = self.cache(await kv(self.bus, s.bucket_placement), Placement)
         self.addresses = self.cache(self.observed, AddressStatus, keys=f"address.{self.node}.>")
