@@ -76,7 +76,10 @@ class ServiceClient:
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
         if isinstance(event, ServiceUp):
-            ip = str(IPv4Interface(event.address).ip)
+            try:
+                ip = str(IPv4Interface(event.address).ip)
+            except ValueError:
+                return  # not an address: a malformed event, ignored like one
             self.live[event.group] = Endpoint(self.service, event.group, event.node, ip)
         elif isinstance(event, ServiceDown):
             current = self.live.get(event.group)

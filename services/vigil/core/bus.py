@@ -44,6 +44,18 @@ def nats_urls(explicit: str | None = None) -> list[str]:
     return [u.strip() for u in value.split(",") if u.strip()]
 
 
+def decode_event(data: bytes, kinds: tuple[type[Event], ...]) -> Event | str:
+    """The event in ``data`` if it is one of ``kinds``, else why it is not (to count a drop).
+    Pure, and total: no input makes it raise."""
+    try:
+        event = _DECODER.decode(data)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        return f"malformed: {exc}"
+    if not isinstance(event, kinds):
+        return f"unexpected type {type(event).__name__}"
+    return event
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -122,13 +134,9 @@ class Bus:
         kinds = kind if isinstance(kind, tuple) else (kind,)
 
         async def on_msg(msg: Msg) -> None:
-            try:
-                event = _DECODER.decode(msg.data)
-            except msgspec.DecodeError as exc:
-                self.drop(msg.subject, f"malformed: {exc}")
-                return
-            if not isinstance(event, kinds):
-                self.drop(msg.subject, f"unexpected type {type(event).__name__}")
+            event = decode_event(msg.data, kinds)
+            if isinstance(event, str):
+                self.drop(msg.subject, event)
                 return
             try:
                 tag = str(type(event).__struct_config__.tag)
