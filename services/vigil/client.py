@@ -52,7 +52,7 @@ class ServiceClient:
         self._bus = await Bus.connect(self.urls, self.subjects, "client", persistent=True)
         for what in ("up", "down"):
             await self._bus.nc.subscribe(
-                self.subjects.service(self.service, what), cb=self._on_event
+                self.subjects.service_events(self.service, what), cb=self._on_event
             )
         for endpoint in await endpoints(self._bus, self.service):
             self.live.setdefault(endpoint.group, endpoint)

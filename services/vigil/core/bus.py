@@ -11,13 +11,14 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
-import nats
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -28,12 +29,14 @@ from nats.js.kv import KeyValue
 from vigil.wire.events import AnyEvent, Event
 
 from . import tracing
+from .credentials import Credentials, CredentialsError, redact
 from .subjects import Subjects
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+CONNECT_DEADLINE = 10.0  # seconds for a first connection, every server of the list tried
 _DECODER = msgspec.json.Decoder(AnyEvent)
 _ENCODER = msgspec.json.Encoder()
 
@@ -42,6 +45,55 @@ def nats_urls(explicit: str | None = None) -> list[str]:
     """``--nats`` beats ``VIGIL_NATS_URL`` beats the local default; commas separate servers."""
     value = explicit or os.environ.get("VIGIL_NATS_URL") or DEFAULT_URL
     return [u.strip() for u in value.split(",") if u.strip()]
+
+
+class BusError(ConnectionError):
+    """Could not connect: the message says why in one line (refused credentials, TLS, no
+    server) and never holds a secret."""
+
+
+class _Client(Client):
+    """nats-py upgrades to TLS only when the server's INFO asks for it, so a ``tls://`` URL
+    against a plain server (or a forged INFO) would go on in plaintext. This refuses to send
+    CONNECT (which may carry credentials) over a connection we wanted encrypted and is not;
+    it runs on every reconnect too."""
+
+    tls_wanted = False
+    auth_refused = False  # the server said "Authorization Violation" (nats-py then says only
+    # "no servers available")
+
+    async def _process_err(self, err_msg: str) -> None:
+        if "authorization violation" in err_msg.lower():
+            self.auth_refused = True
+        await super()._process_err(err_msg)
+
+    def _connect_command(self) -> bytes:
+        if self.tls_wanted and not self._server_info.get("tls_required"):
+            raise nats_errors.SecureConnRequiredError()
+        return super()._connect_command()
+
+
+_FATAL = (
+    ssl.SSLError,
+    ssl.CertificateError,
+    nats_errors.AuthorizationError,
+    nats_errors.SecureConnRequiredError,
+)
+
+
+def explain(exc: BaseException, last: BaseException | None = None) -> str:
+    """A connection failure in one line for an operator: authorization says so."""
+    for e in (last, exc):
+        if isinstance(e, nats_errors.AuthorizationError):
+            return "authorization failed: the server refused these credentials (--creds)"
+        if isinstance(e, nats_errors.SecureConnRequiredError):
+            return "the server does not offer TLS; refusing to connect in plaintext"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS failed: {e.reason or e}"
+        if isinstance(e, CredentialsError):
+            return str(e)
+    text = str(last or exc) or type(last or exc).__name__
+    return redact(text.splitlines()[0] if text else text)[:200]
 
 
 def decode_event(data: bytes, kinds: tuple[type[Event], ...]) -> Event | str:
@@ -69,6 +121,7 @@ class Bus:
         self.subjects = subjects
         self.source = source
         self.dropped: Counter[str] = Counter()
+        self.denied: list[str] = []  # permission violations the server reported, newest last
         self._seq = itertools.count(1)
         self._ping: asyncio.Future[None] | None = None
 
@@ -81,26 +134,66 @@ class Bus:
         *,
         name: str | None = None,
         persistent: bool = True,
+        credentials: Credentials | None = None,
     ) -> Bus:
         """``persistent`` services retry forever (they may start before NATS); a command-line
-        client gives up after a couple of seconds with a clear error instead."""
+        client gives up after a couple of seconds with a clear error instead.
+
+        ``credentials`` default to ``VIGIL_CREDS`` / ``VIGIL_TLS_CA`` (none: anonymous, plain).
+        Failures raise ``BusError`` with a one-line reason; a permission the server refuses
+        later is logged and kept in ``Bus.denied``.
+        """
         source = f"{service}@{name or socket.gethostname()}"
+        creds = credentials if credentials is not None else Credentials.resolve()
+        try:
+            options = creds.options(urls)
+        except CredentialsError as exc:
+            raise BusError(str(exc)) from None
+        denied: list[str] = []
+        last: list[BaseException] = []
+        connecting = True
 
         async def on_error(exc: Exception) -> None:
             # A service logs its connection trouble; a command line reports it once, itself.
-            log.log(logging.WARNING if persistent else logging.DEBUG, "nats: %s", exc)
+            text = explain(exc)
+            if "permissions violation" in str(exc).lower():
+                denied.append(text)
+                log.log(
+                    logging.WARNING if persistent else logging.DEBUG, "not authorized: %s", text
+                )
+                return
+            last.append(exc)
+            if "authorization violation" in str(exc).lower():
+                nc.auth_refused = True
+            if connecting and (isinstance(exc, _FATAL) or nc.auth_refused):
+                raise exc  # aborts nc.connect: retrying will not fix credentials or TLS
+            log.log(logging.WARNING if persistent else logging.DEBUG, "nats: %s", text)
 
-        nc = await nats.connect(
-            servers=urls,
-            name=source,
-            max_reconnect_attempts=-1 if persistent else 2,
-            reconnect_time_wait=0.2,
-            connect_timeout=2,
-            error_cb=on_error,
-            ping_interval=5,
-            max_outstanding_pings=3,
-        )
-        return cls(nc, subjects, source)
+        settings: dict[str, Any] = {  # nats-py types reconnect_time_wait as int; it takes floats
+            "servers": urls,
+            "name": source,
+            "max_reconnect_attempts": -1 if persistent else 2,
+            "reconnect_time_wait": 0.2,
+            "connect_timeout": 2,
+            "error_cb": on_error,
+            "ping_interval": 5,
+            "max_outstanding_pings": 3,
+        }
+        nc = _Client()
+        nc.tls_wanted = "tls" in options
+        try:
+            # bounded: nats-py can hang closing a socket whose TLS handshake failed
+            async with asyncio.timeout(CONNECT_DEADLINE):
+                await nc.connect(**settings, **options)
+        except Exception as exc:
+            cause = nc.last_error or (last[-1] if last else None)
+            if nc.auth_refused:
+                cause = nats_errors.AuthorizationError()
+            raise BusError(explain(exc, cause)) from None
+        connecting = False
+        bus = cls(nc, subjects, source)
+        bus.denied = denied
+        return bus
 
     async def round_trip(self, within: float) -> bool:
         """True when the server answered a PING within ``within`` seconds: everything we

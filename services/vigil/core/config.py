@@ -134,7 +134,7 @@ def _one_line(text: str, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _name_ok(name: str) -> bool:
+def valid_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None
 
 
@@ -175,7 +175,7 @@ def _check_command(at: str, command: str | None) -> None:
 
 def validate(spec: ClusterSpec) -> None:
     """Checks that need more than types: names, references, addresses, timing arithmetic."""
-    if not _name_ok(spec.cluster.name):
+    if not valid_name(spec.cluster.name):
         raise ConfigError("cluster.name", f"invalid name {_one_line(repr(spec.cluster.name))}")
     _check_command("cluster.alert", spec.cluster.alert)
     timing = spec.cluster.timing
@@ -190,7 +190,7 @@ def validate(spec: ClusterSpec) -> None:
         raise ConfigError("nodes", "at least one node is required")
     nodes: set[str] = set()
     for i, node in enumerate(spec.nodes):
-        if not _name_ok(node.name):
+        if not valid_name(node.name):
             raise ConfigError(
                 f"nodes[{i}].name",
                 f"invalid name {_one_line(repr(node.name))} (use a-z, 0-9, -, _)",
@@ -208,7 +208,7 @@ def validate(spec: ClusterSpec) -> None:
     addresses: dict[ipaddress.IPv4Address, str] = {}
     for i, group in enumerate(spec.groups):
         at = f"groups[{i}]"
-        if not _name_ok(group.name):
+        if not valid_name(group.name):
             raise ConfigError(
                 f"{at}.name", f"invalid name {_one_line(repr(group.name))} (use a-z, 0-9, -, _)"
             )
@@ -236,7 +236,7 @@ def validate(spec: ClusterSpec) -> None:
     services: set[str] = set()
     for i, service in enumerate(spec.services):
         at = f"services[{i}]"
-        if not _name_ok(service.name):
+        if not valid_name(service.name):
             raise ConfigError(
                 f"{at}.name", f"invalid name {_one_line(repr(service.name))} (use a-z, 0-9, -, _)"
             )
