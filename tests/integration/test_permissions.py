@@ -7,6 +7,8 @@ a permissions violation, which arrives before the PONG of the flush that follows
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 
 from vigil.core import embedded
-from vigil.core.bus import Bus, BusError, ensure_stream, kv
+from vigil.core.bus import Bus, BusError, ensure_stream, kv, replayed
 from vigil.core.credentials import Credentials
 from vigil.core.subjects import Subjects
 from vigil.secure import permissions
@@ -60,6 +63,7 @@ async def as_role(server: Server, role: str) -> Bus:
 @pytest.fixture
 async def buses(server: Server) -> AsyncIterator[dict[str, Bus]]:
     out = {role: await as_role(server, role) for role in ROLES}
+    out["n2-heart"] = await as_role(server, "node-n2")
     # the operator sets the bus up: every bucket and the event stream
     await ensure_stream(out["operator"])
     for bucket in permissions.buckets(S):
@@ -253,3 +257,41 @@ def test_the_cli_with_operator_and_reader_credentials(server: Server, tmp_path: 
     assert "not authorized" in refused.stderr and "\n" not in refused.stderr.strip()
     halted = vigil(server, "reader", "halt", "web1")
     assert halted.returncode == 1 and "not authorized" in halted.stderr
+
+
+async def test_a_node_cannot_forge_heartbeats_through_a_consumer(buses: dict[str, Bus]) -> None:
+    """n1 may write its own observed keys and create consumers to watch buckets, and the server
+    lets it aim a push consumer at n2's heartbeat subject. What arrives there is recognisably a
+    replay (the stored subject, a JetStream ack reply), which membership drops: only n2's own
+    heartbeat counts."""
+    n1 = buses["node-n1"]
+    seen: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_beat(msg: Msg) -> None:
+        await seen.put(msg)
+
+    await buses["membership"].nc.subscribe(S.heartbeat("n2"), cb=on_beat)
+    await buses["membership"].nc.flush()
+    observed = await kv(n1, S.bucket_observed)
+    await observed.put("app.n1.forged", b"forged")
+    request = {
+        "stream_name": f"KV_{S.bucket_observed}",
+        "config": {
+            "deliver_subject": S.heartbeat("n2"),
+            "filter_subject": f"$KV.{S.bucket_observed}.app.n1.forged",
+            "ack_policy": "none",
+            "deliver_policy": "all",
+        },
+    }
+    await n1.nc.request(
+        f"$JS.API.CONSUMER.CREATE.KV_{S.bucket_observed}", json.dumps(request).encode(), timeout=5
+    )
+    await buses["n2-heart"].nc.publish(S.heartbeat("n2"), b"real")
+    counted = []
+    while True:
+        msg = await asyncio.wait_for(seen.get(), 5)
+        if not replayed(msg):
+            break
+        counted.append(msg.data)
+    assert (msg.subject, msg.data) == (S.heartbeat("n2"), b"real")
+    assert all(data == b"forged" for data in counted)

@@ -96,6 +96,13 @@ def explain(exc: BaseException, last: BaseException | None = None) -> str:
     return redact(text.splitlines()[0] if text else text)[:200]
 
 
+def replayed(msg: Msg) -> bool:
+    """Delivered by a JetStream consumer rather than published on the subject: a client allowed
+    to create consumers can aim one's deliveries at any subject, replaying a stored record or
+    event there. Core subscribers never read those."""
+    return msg.subject.startswith("$") or (msg.reply or "").startswith("$JS.ACK.")
+
+
 def decode_event(data: bytes, kinds: tuple[type[Event], ...]) -> Event | str:
     """The event in ``data`` if it is one of ``kinds``, else why it is not (to count a drop).
     Pure, and total: no input makes it raise."""
@@ -227,6 +234,9 @@ class Bus:
         kinds = kind if isinstance(kind, tuple) else (kind,)
 
         async def on_msg(msg: Msg) -> None:
+            if replayed(msg):
+                self.drop(msg.subject, "replayed by a JetStream consumer, not published")
+                return
             event = decode_event(msg.data, kinds)
             if isinstance(event, str):
                 self.drop(msg.subject, event)
