@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -37,6 +38,13 @@ T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 CONNECT_DEADLINE = 10.0  # seconds for a first connection, every server of the list tried
+# Inbound queues are bounded: a flood is dropped (and counted) at the door rather than queued
+# without end in front of the messages that matter. Vigil's events are small and rare.
+PENDING_MSGS = 10_000
+PENDING_BYTES = 16 * 1024 * 1024
+DROP_LOG_EVERY = 1.0  # seconds: at most one log line per subject per second
+_DROP_TEXT = 200  # characters of a drop's reason (which may quote the sender) that are logged
+_DROP_SUBJECTS = 4096  # distinct subjects counted before the rest share one counter
 _DECODER = msgspec.json.Decoder(AnyEvent)
 _ENCODER = msgspec.json.Encoder()
 
@@ -129,6 +137,7 @@ class Bus:
         self.source = source
         self.dropped: Counter[str] = Counter()
         self.denied: list[str] = []  # permission violations the server reported, newest last
+        self._drop_logged: dict[str, float] = {}
         self._seq = itertools.count(1)
         self._ping: asyncio.Future[None] | None = None
 
@@ -160,8 +169,14 @@ class Bus:
         last: list[BaseException] = []
         connecting = True
 
+        holder: list[Bus] = []
+
         async def on_error(exc: Exception) -> None:
             # A service logs its connection trouble; a command line reports it once, itself.
+            if isinstance(exc, nats_errors.SlowConsumerError):
+                if holder:  # a full inbound queue: the message is gone, count it as a drop
+                    holder[0].drop(exc.subject, "inbound queue full")
+                return
             text = explain(exc)
             if "permissions violation" in str(exc).lower():
                 denied.append(text)
@@ -200,6 +215,7 @@ class Bus:
         connecting = False
         bus = cls(nc, subjects, source)
         bus.denied = denied
+        holder.append(bus)
         return bus
 
     async def round_trip(self, within: float) -> bool:
@@ -255,11 +271,33 @@ class Bus:
             except Exception:
                 log.exception("handler for %s failed; the next reconcile repairs it", msg.subject)
 
-        await self.nc.subscribe(subject, cb=on_msg)
+        await self.nc.subscribe(
+            subject,
+            cb=on_msg,
+            pending_msgs_limit=PENDING_MSGS,
+            pending_bytes_limit=PENDING_BYTES,
+        )
 
-    def drop(self, subject: str, why: str) -> None:
-        self.dropped[subject] += 1
-        log.warning("dropped message on %s (%d so far): %s", subject, self.dropped[subject], why)
+    def drop(self, subject: str, why: str, count: int = 1) -> None:
+        """Count a dropped message and log it, at most once a second per subject, truncated:
+        a flood of garbage must not become a flood of log lines."""
+        if subject not in self.dropped and len(self.dropped) >= _DROP_SUBJECTS:
+            subject = "(other subjects)"
+        self.dropped[subject] += count
+        now = time.monotonic()
+        last = self._drop_logged.get(subject)
+        if last is not None and now - last < DROP_LOG_EVERY:
+            return
+        if len(self._drop_logged) >= _DROP_SUBJECTS:
+            self._drop_logged.clear()
+        self._drop_logged[subject] = now
+        text = why if len(why) <= _DROP_TEXT else why[:_DROP_TEXT] + "..."
+        log.warning(
+            "dropped message on %s (%d so far): %s",
+            subject[:_DROP_TEXT],
+            self.dropped[subject],
+            text.encode("unicode_escape").decode("ascii"),
+        )
 
     async def close(self) -> None:
         if not self.nc.is_closed:
@@ -267,6 +305,14 @@ class Bus:
                 await self.nc.drain()
             except Exception:  # already disconnected: nothing left to drain
                 await self.nc.close()
+
+
+# Byte limits on what the bus stores, so a flood cannot fill the servers' disks. Buckets have
+# no age limit: their records are the cluster's state, not history.
+MAX_RECORD = 1024 * 1024  # the cluster file is the largest record (config.MAX_PAYLOAD)
+BUCKET_BYTES = 64 * 1024 * 1024
+MAX_EVENT = 64 * 1024  # events are a few hundred bytes; larger is garbage, refused by the stream
+STREAM_BYTES = 256 * 1024 * 1024  # with max_age (7 days): the oldest history goes first
 
 
 def replicas() -> int:
@@ -283,7 +329,12 @@ async def kv(bus: Bus, bucket: str, *, history: int = 1) -> KeyValue:
         try:
             return await bus.js.create_key_value(
                 KeyValueConfig(
-                    bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas()
+                    bucket=bucket,
+                    history=history,
+                    storage=StorageType.FILE,
+                    replicas=replicas(),
+                    max_value_size=MAX_RECORD,
+                    max_bytes=BUCKET_BYTES,
                 )
             )
         except Exception:
@@ -298,6 +349,8 @@ async def ensure_stream(bus: Bus) -> None:
         storage=StorageType.FILE,
         max_age=7 * 24 * 3600,
         max_msgs=1_000_000,
+        max_bytes=STREAM_BYTES,
+        max_msg_size=MAX_EVENT,
         num_replicas=replicas(),
     )
     try:
