@@ -47,6 +47,9 @@ class ConfigError(ValueError):
     """The cluster file is invalid; ``field`` is a path like ``groups[1].preferred``."""
 
     def __init__(self, field: str, message: str) -> None:
+        # field names come from the file too: keep the error on one line whatever they hold
+        field = field if field.isprintable() else field.encode("unicode_escape").decode("ascii")
+        message = message if message.isprintable() else _one_line(message, 400)
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
 
