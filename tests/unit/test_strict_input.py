@@ -56,6 +56,7 @@ def refused(text: str | bytes, field: str) -> str:
         ('"python3 -m http.server 8080"', '"  "', "groups[0].app.command"),
         ("app: {", 'monitors: [{exec: "test \'"}]\n    app: {', "groups[0].monitors[0].exec"),
         ("{name: lab}", '{name: lab, alert: "mail \'"}', "cluster.alert"),
+        ('"python3 -m http.server 8080"', '"echo $X", env: {X: "it\'s"}', "groups[0].app.command"),
         # interfaces that cannot exist
         ("{name: n2}]", "{name: n2, interface: abcdefghijklmnop}]", "nodes[1].interface"),
         ("{name: n2}]", '{name: n2, interface: "eth 0"}]', "nodes[1].interface"),

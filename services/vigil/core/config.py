@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import string
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +165,14 @@ def _check_address(at: str, text: str) -> ipaddress.IPv4Address:
     return ip
 
 
-def _check_command(at: str, command: str | None) -> None:
-    """Commands are split like a shell would (shlex) and run without one: they must split."""
+def _check_command(at: str, command: str | None, env: dict[str, str] | None = None) -> None:
+    """Commands are split like a shell would (shlex) and run without one: they must split, as
+    written and once the app's ``env`` is substituted into them (as the supervisor does)."""
     if command is None:
         return
     try:
-        argv = shlex.split(command)
+        shlex.split(command)
+        argv = shlex.split(string.Template(command).safe_substitute(env or {}))
     except ValueError as exc:
         raise ConfigError(at, f"does not parse as a command: {exc}") from None
     if not argv:
@@ -277,7 +280,7 @@ def _validate_app(app: App, at: str) -> None:
         missing = "stop" if app.stop is None else "check"
         raise ConfigError(f"{at}.{missing}", "a daemon app given with 'start' needs it")
     for key in ("command", "start", "stop", "check", "before_start", "after_stop"):
-        _check_command(f"{at}.{key}", getattr(app, key))
+        _check_command(f"{at}.{key}", getattr(app, key), app.env)
     for name in app.env:
         if not _ENV_NAME.fullmatch(name):
             raise ConfigError(f"{at}.env", f"invalid variable name {_one_line(repr(name))}")
