@@ -37,8 +37,9 @@ class Server:
     bundle: Bundle
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server of each test's own: the matrix writes junk into buckets on purpose."""
     d = tmp_path_factory.mktemp("secure")
     bundle = init(d / "bundle", NODES, subjects=S)
     port = embedded.free_port()
@@ -251,6 +252,14 @@ def test_the_cli_with_operator_and_reader_credentials(server: Server, tmp_path: 
     )
     done = vigil(server, "operator", "apply", "-f", str(cluster))
     assert done.returncode == 0, done.stderr
+
+    async def services_started() -> None:  # membership and placement create the other buckets
+        bus = await as_role(server, "placement")
+        for bucket in permissions.buckets(S):
+            await kv(bus, bucket)
+        await bus.close()
+
+    asyncio.run(services_started())
     assert vigil(server, "reader", "status").returncode == 0
     refused = vigil(server, "reader", "apply", "-f", str(cluster))
     assert refused.returncode == 1
@@ -295,3 +304,46 @@ async def test_a_node_cannot_forge_heartbeats_through_a_consumer(buses: dict[str
         counted.append(msg.data)
     assert (msg.subject, msg.data) == (S.heartbeat("n2"), b"real")
     assert all(data == b"forged" for data in counted)
+
+
+async def test_membership_and_placement_work_with_their_own_credentials(server: Server) -> None:
+    """The real services on a secured bus, each with only its role's permissions: nodes join,
+    a group is placed, a node is lost and the group moves. Nothing they do is refused."""
+    from vigil.core.clusterconfig import store
+    from vigil.membership.service import Membership
+    from vigil.placement.service import PlacementService
+    from vigil.wire.events import NodeJoined, NodeLost, PlacementDecided
+
+    from .conftest import Hearts, group, make_spec, of, record
+
+    # the generated permissions name the root, so this runs on S, with a group of its own
+    operator = await as_role(server, "operator")
+    member = await as_role(server, "membership")
+    place = await as_role(server, "placement")
+    reader = await as_role(server, "reader")
+    nodes = {n: await as_role(server, f"node-{n}") for n in NODES}
+    everyone = [operator, member, place, reader, *nodes.values()]
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        rec = await record(reader.nc, S.all_events)
+        await store(operator, make_spec(NODES, [group("chain", "10.9.0.20/24", "n1", ["n2"])]))
+        tasks.append(asyncio.create_task(Membership(member).run(), name="membership"))
+        tasks.append(asyncio.create_task(PlacementService(place).run(), name="placement"))
+        hearts = {n: Hearts(bus.nc, S) for n, bus in nodes.items()}
+        for n, h in hearts.items():
+            h.beating.add(n)
+            tasks.append(asyncio.create_task(h.run(), name=f"hearts-{n}"))
+        await rec.wait(of(NodeJoined, node="n1"))
+        await rec.wait(of(NodeJoined, node="n2"))
+        await rec.wait(of(PlacementDecided, group="chain", node="n1"))
+        hearts["n1"].beating.clear()
+        await rec.wait(of(NodeLost, node="n1"))
+        moved = await rec.wait(of(PlacementDecided, group="chain", node="n2"))
+        assert moved.previous == "n1"
+        assert [bus.denied for bus in everyone] == [[] for _ in everyone]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for bus in everyone:
+            await bus.close()
