@@ -347,3 +347,15 @@ async def test_membership_and_placement_work_with_their_own_credentials(server: 
         await asyncio.gather(*tasks, return_exceptions=True)
         for bus in everyone:
             await bus.close()
+
+
+def test_a_password_in_the_url_is_refused_and_never_printed(server: Server) -> None:
+    url = server.url.replace("nats://", "nats://bob:hunter2@")
+    env = {**os.environ, "VIGIL_ROOT": S.root, "VIGIL_TLS_CA": str(server.bundle.ca)}
+    env.pop("VIGIL_CREDS", None)
+    cli = [sys.executable, "-m", "vigil.cli.main", "status", "--nats", url]
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "authorization failed" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
+    assert "nats://***@127.0.0.1" in done.stderr
