@@ -153,7 +153,7 @@ class Sim:
                               pid=0)),
         )  # fmt: skip
         await self.bus.nc.publish(
-            s.service(group, "up"),
+            s.service(group, "up", n),
             encode(ServiceUp(**agent.stamp("supervisor"), group=group, node=n,  # type: ignore[arg-type]
                              address=address, epoch=epoch)),
         )  # fmt: skip

@@ -52,7 +52,7 @@ class ServiceClient:
         self._bus = await Bus.connect(self.urls, self.subjects, "client", persistent=True)
         for what in ("up", "down"):
             await self._bus.nc.subscribe(
-                self.subjects.service(self.service, what), cb=self._on_event
+                self.subjects.service_events(self.service, what), cb=self._on_event
             )
         for endpoint in await endpoints(self._bus, self.service):
             self.live.setdefault(endpoint.group, endpoint)
@@ -76,7 +76,10 @@ class ServiceClient:
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
         if isinstance(event, ServiceUp):
-            ip = str(IPv4Interface(event.address).ip)
+            try:
+                ip = str(IPv4Interface(event.address).ip)
+            except ValueError:
+                return  # not an address: a malformed event, ignored like one
             self.live[event.group] = Endpoint(self.service, event.group, event.node, ip)
         elif isinstance(event, ServiceDown):
             current = self.live.get(event.group)

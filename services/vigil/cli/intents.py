@@ -27,7 +27,10 @@ async def _current(bus: Bus, group: str) -> tuple[Intent, int | None]:
         return Intent(group), None
     if not entry.value:
         return Intent(group), entry.revision
-    return msgspec.json.decode(entry.value, type=Intent), entry.revision
+    try:
+        return msgspec.json.decode(entry.value, type=Intent), entry.revision
+    except msgspec.DecodeError:  # unreadable (not ours, or garbage): the operator's intent wins
+        return Intent(group), entry.revision
 
 
 async def _write(bus: Bus, intent: Intent, revision: int | None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from vigil.wire.cluster import ClusterSpec
 from vigil.wire.records import Admin
 
 from ..core import config as config_mod
-from ..core.bus import Bus, nats_urls
+from ..core.bus import Bus, BusError, nats_urls
+from ..core.credentials import Credentials, redact
 from ..core.subjects import Subjects
 
 # The example cluster files ship inside the package, so an installed wheel finds them too.
@@ -42,8 +44,49 @@ def client_urls(args: argparse.Namespace) -> list[str]:
     return [state.host_url] if state else nats_urls(None)
 
 
+def credentials(args: argparse.Namespace) -> Credentials:
+    """--creds / --tls-ca / --tls-cert / --tls-key, else VIGIL_CREDS and friends."""
+    return Credentials.resolve(
+        getattr(args, "creds", None),
+        getattr(args, "tls_ca", None),
+        getattr(args, "tls_cert", None),
+        getattr(args, "tls_key", None),
+    )
+
+
 async def connect(args: argparse.Namespace, service: str, name: str | None = None) -> Bus:
-    return await Bus.connect(nats_urls(args.nats), Subjects.from_env(), service, name=name)
+    return await Bus.connect(
+        nats_urls(args.nats), Subjects.from_env(), service, name=name, credentials=credentials(args)
+    )
+
+
+async def cli_bus(args: argparse.Namespace) -> Bus:
+    """An operator command's connection; what the server refuses it is kept for ``trouble``."""
+    # asyncio warns about every TLS connection closed by the server's EOF; a command says
+    # what went wrong itself, in one line
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
+    bus = await Bus.connect(
+        client_urls(args),
+        Subjects.from_env(),
+        "cli",
+        persistent=False,
+        credentials=credentials(args),
+    )
+    args.denied = bus.denied
+    return bus
+
+
+def trouble(args: argparse.Namespace, exc: BaseException, doing: str = "reach NATS") -> int:
+    """One line for a failed bus command: refused permissions and credentials say so, and
+    no URL shows its password."""
+    where = ",".join(redact(u) for u in client_urls(args))
+    denied: list[str] = getattr(args, "denied", [])
+    if denied:
+        return fail(f"not authorized at {where}: {denied[-1]}")
+    if isinstance(exc, BusError):
+        return fail(f"cannot reach NATS at {where}: {exc}")
+    text = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return fail(f"cannot {doing} at {where}: {text}")
 
 
 # -- operator commands ---------------------------------------------------------------------------
@@ -64,16 +107,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from ..core.clusterconfig import store
 
     async def go() -> int:
-        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        bus = await cli_bus(args)
         try:
+            size, limit = len(config_mod.encode(spec)), bus.nc.max_payload
+            if size > limit:
+                raise config_mod.ConfigError("", f"{size} bytes encoded; this bus takes {limit}")
             return await store(bus, spec)
         finally:
             await bus.close()
 
     try:
         revision = asyncio.run(go())
+    except config_mod.ConfigError as exc:
+        return fail(f"{args.file}: {exc} (nothing applied)")
     except Exception as exc:
-        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+        return trouble(args, exc)
     print(f"applied {args.file} as revision {revision}")
     return 0
 
@@ -82,7 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ..core import status
 
     async def go() -> status.StatusView:
-        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        bus = await cli_bus(args)
         try:
             return await status.read(bus)
         finally:
@@ -91,11 +139,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         view = asyncio.run(go())
     except Exception as exc:
-        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+        return trouble(args, exc)
     if args.output == "json":
         print(msgspec.json.encode(view).decode())
     else:
         print(status.render_table(view))
+    return 0
+
+
+def cmd_secure(args: argparse.Namespace) -> int:
+    from ..secure.bundle import BundleError, init
+
+    if bool(args.file) == bool(args.nodes):
+        return fail("secure init: give either -f FILE or --nodes n1,n2,...", 2)
+    try:
+        if args.file:
+            spec = config_mod.load_file(args.file)
+            nodes, cluster = [n.name for n in spec.nodes], spec.cluster.name
+        else:
+            nodes, cluster = [n.strip() for n in args.nodes.split(",") if n.strip()], "vigil"
+            for i, n in enumerate(nodes):
+                if not config_mod.valid_name(n):
+                    raise config_mod.ConfigError(f"--nodes[{i}]", f"invalid node name {n!r}")
+        bundle = init(
+            Path(args.dir),
+            nodes,
+            subjects=Subjects.from_env(),
+            names=args.name or None,
+            cluster=cluster,
+            listen=args.listen,
+            force=args.force,
+            new_ca=args.new_ca,
+        )
+    except (config_mod.ConfigError, BundleError) as exc:
+        return fail(str(exc))
+    print(f"wrote {bundle.manifest} (CA {bundle.ca}, {len(nodes) + 4} credentials, 0600)")
     return 0
 
 
@@ -167,7 +245,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from ..core.bus import get_record, kv
 
     async def go() -> bytes:
-        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        bus = await cli_bus(args)
         try:
             node = args.node
             if node is None:
@@ -189,7 +267,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     except LookupError as exc:
         return fail(str(exc))
     except Exception as exc:
-        return fail(f"no answer from the supervisor: {exc}")
+        return trouble(args, exc, "get an answer from the supervisor")
     lines = data.decode(errors="replace").splitlines()
     print("\n".join(lines[-args.lines :]))
     return 0
@@ -200,7 +278,7 @@ def cmd_intent(args: argparse.Namespace) -> int:
     from . import intents
 
     async def go() -> str:
-        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        bus = await cli_bus(args)
         try:
             if args.command == "switchover":
                 old, new = await intents.switchover(bus, args.group, args.to)
@@ -220,9 +298,9 @@ def cmd_intent(args: argparse.Namespace) -> int:
     try:
         print(asyncio.run(go()))
     except intents.IntentError as exc:
-        return fail(str(exc))
+        return trouble(args, exc) if getattr(args, "denied", None) else fail(str(exc))
     except Exception as exc:
-        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+        return trouble(args, exc)
     return 0
 
 
@@ -236,7 +314,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         return fail(f"--since: {exc}", 2)
 
     async def go() -> None:
-        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        bus = await cli_bus(args)
         try:
             await show(bus, since, args.follow, args.output == "json")
         finally:
@@ -247,7 +325,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except Exception as exc:
-        return fail(f"cannot read events from {','.join(client_urls(args))}: {exc}")
+        return trouble(args, exc, "read events")
     return 0
 
 
@@ -255,7 +333,7 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     from ..core.endpoints import Endpoint, endpoints
 
     async def go() -> list[Endpoint]:
-        bus = await Bus.connect(client_urls(args), Subjects.from_env(), "cli", persistent=False)
+        bus = await cli_bus(args)
         try:
             return await endpoints(bus, args.service)
         finally:
@@ -266,7 +344,7 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     except LookupError as exc:
         return fail(str(exc.args[0]))
     except Exception as exc:
-        return fail(f"cannot reach NATS at {','.join(client_urls(args))}: {exc}")
+        return trouble(args, exc)
     if args.output == "json":
         print(msgspec.json.encode(live).decode())
     elif not live:
@@ -366,6 +444,12 @@ def parser() -> argparse.ArgumentParser:
             help="NATS URL(s), comma-separated (default: $VIGIL_NATS_URL, "
             "the running lab, or nats://127.0.0.1:4222)",
         )
+        sp.add_argument(
+            "--creds", help="nkey seed or .creds file (default: $VIGIL_CREDS; none: anonymous)"
+        )
+        sp.add_argument("--tls-ca", help="CA of the servers' certificates ($VIGIL_TLS_CA)")
+        sp.add_argument("--tls-cert", help="client certificate, if asked ($VIGIL_TLS_CERT)")
+        sp.add_argument("--tls-key", help="its key ($VIGIL_TLS_KEY)")
         return sp
 
     v = sub.add_parser("validate", help="check a cluster file; change nothing")
@@ -448,6 +532,26 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--interface", help="interface for the addresses (default: from the file)")
     u.add_argument("--state-dir", default="/var/lib/vigil")
     u.set_defaults(func=cmd_up)
+
+    sec = sub.add_parser("secure", help="credentials, permissions and TLS for the bus")
+    sec_sub = sec.add_subparsers(dest="secure_command", required=True)
+    si = sec_sub.add_parser(
+        "init", help="write nkeys per role, a server config with permissions, a CA and certs"
+    )
+    si.add_argument("dir", help="where to write them (created 0700)")
+    si.add_argument("-f", "--file", help="take the node names from this cluster file")
+    si.add_argument("--nodes", help="node names, comma-separated (instead of -f)")
+    si.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        help="a DNS name or IP the NATS servers are reached by (repeat; default localhost, "
+        "127.0.0.1)",
+    )
+    si.add_argument("--listen", default="127.0.0.1:4222", help="for the one-server nats.conf")
+    si.add_argument("--force", action="store_true", help="rotate: new keys and server cert")
+    si.add_argument("--new-ca", action="store_true", help="with --force: a new CA as well")
+    si.set_defaults(func=cmd_secure)
 
     lab = sub.add_parser("lab", help="a real cluster in network namespaces on this machine")
     lab.add_argument(

@@ -11,13 +11,15 @@ import itertools
 import logging
 import os
 import socket
+import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
-import nats
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -34,12 +36,21 @@ from nats.js.kv import KeyValue
 from vigil.wire.events import AnyEvent, Event
 
 from . import tracing
+from .credentials import Credentials, CredentialsError, redact
 from .subjects import Subjects
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+CONNECT_DEADLINE = 10.0  # seconds for a first connection, every server of the list tried
+# Inbound queues are bounded: a flood is dropped (and counted) at the door rather than queued
+# without end in front of the messages that matter. Vigil's events are small and rare.
+PENDING_MSGS = 10_000
+PENDING_BYTES = 16 * 1024 * 1024
+DROP_LOG_EVERY = 1.0  # seconds: at most one log line per subject per second
+_DROP_TEXT = 200  # characters of a drop's reason (which may quote the sender) that are logged
+_DROP_SUBJECTS = 4096  # distinct subjects counted before the rest share one counter
 _DECODER = msgspec.json.Decoder(AnyEvent)
 _ENCODER = msgspec.json.Encoder()
 
@@ -48,6 +59,74 @@ def nats_urls(explicit: str | None = None) -> list[str]:
     """``--nats`` beats ``VIGIL_NATS_URL`` beats the local default; commas separate servers."""
     value = explicit or os.environ.get("VIGIL_NATS_URL") or DEFAULT_URL
     return [u.strip() for u in value.split(",") if u.strip()]
+
+
+class BusError(ConnectionError):
+    """Could not connect: the message says why in one line (refused credentials, TLS, no
+    server) and never holds a secret."""
+
+
+class _Client(Client):
+    """nats-py upgrades to TLS only when the server's INFO asks for it, so a ``tls://`` URL
+    against a plain server (or a forged INFO) would go on in plaintext. This refuses to send
+    CONNECT (which may carry credentials) over a connection we wanted encrypted and is not;
+    it runs on every reconnect too."""
+
+    tls_wanted = False
+    auth_refused = False  # the server said "Authorization Violation" (nats-py then says only
+    # "no servers available")
+
+    async def _process_err(self, err_msg: str) -> None:
+        if "authorization violation" in err_msg.lower():
+            self.auth_refused = True
+        await super()._process_err(err_msg)
+
+    def _connect_command(self) -> bytes:
+        if self.tls_wanted and not self._server_info.get("tls_required"):
+            raise nats_errors.SecureConnRequiredError()
+        return super()._connect_command()
+
+
+_FATAL = (
+    ssl.SSLError,
+    ssl.CertificateError,
+    nats_errors.AuthorizationError,
+    nats_errors.SecureConnRequiredError,
+)
+
+
+def explain(exc: BaseException, last: BaseException | None = None) -> str:
+    """A connection failure in one line for an operator: authorization says so."""
+    for e in (last, exc):
+        if isinstance(e, nats_errors.AuthorizationError):
+            return "authorization failed: the server refused these credentials (--creds)"
+        if isinstance(e, nats_errors.SecureConnRequiredError):
+            return "the server does not offer TLS; refusing to connect in plaintext"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS failed: {e.reason or e}"
+        if isinstance(e, CredentialsError):
+            return str(e)
+    text = str(last or exc) or type(last or exc).__name__
+    return redact(text.splitlines()[0] if text else text)[:200]
+
+
+def replayed(msg: Msg) -> bool:
+    """Delivered by a JetStream consumer rather than published on the subject: a client allowed
+    to create consumers can aim one's deliveries at any subject, replaying a stored record or
+    event there. Core subscribers never read those."""
+    return msg.subject.startswith("$") or (msg.reply or "").startswith("$JS.ACK.")
+
+
+def decode_event(data: bytes, kinds: tuple[type[Event], ...]) -> Event | str:
+    """The event in ``data`` if it is one of ``kinds``, else why it is not (to count a drop).
+    Pure, and total: no input makes it raise."""
+    try:
+        event = _DECODER.decode(data)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        return f"malformed: {exc}"
+    if not isinstance(event, kinds):
+        return f"unexpected type {type(event).__name__}"
+    return event
 
 
 def now() -> datetime:
@@ -63,6 +142,8 @@ class Bus:
         self.subjects = subjects
         self.source = source
         self.dropped: Counter[str] = Counter()
+        self.denied: list[str] = []  # permission violations the server reported, newest last
+        self._drop_logged: dict[str, float] = {}
         self._seq = itertools.count(1)
         self._ping: asyncio.Future[None] | None = None
 
@@ -75,26 +156,73 @@ class Bus:
         *,
         name: str | None = None,
         persistent: bool = True,
+        credentials: Credentials | None = None,
     ) -> Bus:
         """``persistent`` services retry forever (they may start before NATS); a command-line
-        client gives up after a couple of seconds with a clear error instead."""
+        client gives up after a couple of seconds with a clear error instead.
+
+        ``credentials`` default to ``VIGIL_CREDS`` / ``VIGIL_TLS_CA`` (none: anonymous, plain).
+        Failures raise ``BusError`` with a one-line reason; a permission the server refuses
+        later is logged and kept in ``Bus.denied``.
+        """
         source = f"{service}@{name or socket.gethostname()}"
+        creds = credentials if credentials is not None else Credentials.resolve()
+        try:
+            options = creds.options(urls)
+        except CredentialsError as exc:
+            raise BusError(str(exc)) from None
+        denied: list[str] = []
+        last: list[BaseException] = []
+        connecting = True
+
+        holder: list[Bus] = []
 
         async def on_error(exc: Exception) -> None:
             # A service logs its connection trouble; a command line reports it once, itself.
-            log.log(logging.WARNING if persistent else logging.DEBUG, "nats: %s", exc)
+            if isinstance(exc, nats_errors.SlowConsumerError):
+                if holder:  # a full inbound queue: the message is gone, count it as a drop
+                    holder[0].drop(exc.subject, "inbound queue full")
+                return
+            text = explain(exc)
+            if "permissions violation" in str(exc).lower():
+                denied.append(text)
+                log.log(
+                    logging.WARNING if persistent else logging.DEBUG, "not authorized: %s", text
+                )
+                return
+            last.append(exc)
+            if "authorization violation" in str(exc).lower():
+                nc.auth_refused = True
+            if connecting and (isinstance(exc, _FATAL) or nc.auth_refused):
+                raise exc  # aborts nc.connect: retrying will not fix credentials or TLS
+            log.log(logging.WARNING if persistent else logging.DEBUG, "nats: %s", text)
 
-        nc = await nats.connect(
-            servers=urls,
-            name=source,
-            max_reconnect_attempts=-1 if persistent else 2,
-            reconnect_time_wait=0.2,
-            connect_timeout=2,
-            error_cb=on_error,
-            ping_interval=5,
-            max_outstanding_pings=3,
-        )
-        return cls(nc, subjects, source)
+        settings: dict[str, Any] = {  # nats-py types reconnect_time_wait as int; it takes floats
+            "servers": urls,
+            "name": source,
+            "max_reconnect_attempts": -1 if persistent else 2,
+            "reconnect_time_wait": 0.2,
+            "connect_timeout": 2,
+            "error_cb": on_error,
+            "ping_interval": 5,
+            "max_outstanding_pings": 3,
+        }
+        nc = _Client()
+        nc.tls_wanted = "tls" in options
+        try:
+            # bounded: nats-py can hang closing a socket whose TLS handshake failed
+            async with asyncio.timeout(CONNECT_DEADLINE):
+                await nc.connect(**settings, **options)
+        except Exception as exc:
+            cause = nc.last_error or (last[-1] if last else None)
+            if nc.auth_refused:
+                cause = nats_errors.AuthorizationError()
+            raise BusError(explain(exc, cause)) from None
+        connecting = False
+        bus = cls(nc, subjects, source)
+        bus.denied = denied
+        holder.append(bus)
+        return bus
 
     async def round_trip(self, within: float) -> bool:
         """True when the server answered a PING within ``within`` seconds: everything we
@@ -128,13 +256,12 @@ class Bus:
         kinds = kind if isinstance(kind, tuple) else (kind,)
 
         async def on_msg(msg: Msg) -> None:
-            try:
-                event = _DECODER.decode(msg.data)
-            except msgspec.DecodeError as exc:
-                self.drop(msg.subject, f"malformed: {exc}")
+            if replayed(msg):
+                self.drop(msg.subject, "replayed by a JetStream consumer, not published")
                 return
-            if not isinstance(event, kinds):
-                self.drop(msg.subject, f"unexpected type {type(event).__name__}")
+            event = decode_event(msg.data, kinds)
+            if isinstance(event, str):
+                self.drop(msg.subject, event)
                 return
             try:
                 tag = str(type(event).__struct_config__.tag)
@@ -150,11 +277,33 @@ class Bus:
             except Exception:
                 log.exception("handler for %s failed; the next reconcile repairs it", msg.subject)
 
-        await self.nc.subscribe(subject, cb=on_msg)
+        await self.nc.subscribe(
+            subject,
+            cb=on_msg,
+            pending_msgs_limit=PENDING_MSGS,
+            pending_bytes_limit=PENDING_BYTES,
+        )
 
-    def drop(self, subject: str, why: str) -> None:
-        self.dropped[subject] += 1
-        log.warning("dropped message on %s (%d so far): %s", subject, self.dropped[subject], why)
+    def drop(self, subject: str, why: str, count: int = 1) -> None:
+        """Count a dropped message and log it, at most once a second per subject, truncated:
+        a flood of garbage must not become a flood of log lines."""
+        if subject not in self.dropped and len(self.dropped) >= _DROP_SUBJECTS:
+            subject = "(other subjects)"
+        self.dropped[subject] += count
+        now = time.monotonic()
+        last = self._drop_logged.get(subject)
+        if last is not None and now - last < DROP_LOG_EVERY:
+            return
+        if len(self._drop_logged) >= _DROP_SUBJECTS:
+            self._drop_logged.clear()
+        self._drop_logged[subject] = now
+        text = why if len(why) <= _DROP_TEXT else why[:_DROP_TEXT] + "..."
+        log.warning(
+            "dropped message on %s (%d so far): %s",
+            subject[:_DROP_TEXT],
+            self.dropped[subject],
+            text.encode("unicode_escape").decode("ascii"),
+        )
 
     async def close(self) -> None:
         if not self.nc.is_closed:
@@ -162,6 +311,14 @@ class Bus:
                 await self.nc.drain()
             except Exception:  # already disconnected: nothing left to drain
                 await self.nc.close()
+
+
+# Byte limits on what the bus stores, so a flood cannot fill the servers' disks. Buckets have
+# no age limit: their records are the cluster's state, not history.
+MAX_RECORD = 1024 * 1024  # the cluster file is the largest record (config.MAX_PAYLOAD)
+BUCKET_BYTES = 64 * 1024 * 1024
+MAX_EVENT = 64 * 1024  # events are a few hundred bytes; larger is garbage, refused by the stream
+STREAM_BYTES = 256 * 1024 * 1024  # with max_age (7 days): the oldest history goes first
 
 
 def replicas() -> int:
@@ -199,7 +356,12 @@ async def _open_kv(bus: Bus, bucket: str, history: int) -> KeyValue:
         try:
             return await bus.js.create_key_value(
                 KeyValueConfig(
-                    bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas()
+                    bucket=bucket,
+                    history=history,
+                    storage=StorageType.FILE,
+                    replicas=replicas(),
+                    max_value_size=MAX_RECORD,
+                    max_bytes=BUCKET_BYTES,
                 )
             )
         except Exception:
@@ -214,6 +376,8 @@ async def ensure_stream(bus: Bus) -> None:
         storage=StorageType.FILE,
         max_age=7 * 24 * 3600,
         max_msgs=1_000_000,
+        max_bytes=STREAM_BYTES,
+        max_msg_size=MAX_EVENT,
         num_replicas=replicas(),
     )
     try:

@@ -7,20 +7,28 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
+import string
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 
 from vigil.wire.cluster import App, ClusterSpec, Monitor
 
+from . import strict_yaml
 from .durations import parse_duration
 
-# Names become NATS subject tokens and KV keys: keep them to a safe alphabet.
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+# Names become NATS subject tokens and KV keys: keep them to a safe alphabet. Patterns are used
+# with fullmatch: ``$`` alone would let a trailing newline through.
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# Linux takes up to IFNAMSIZ-1 = 15 bytes, no '/', ':' or whitespace, never "." or "..".
+_IFNAME = re.compile(r"[A-Za-z0-9_.@-]{1,15}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The stored file travels as one NATS message: the server's default max_payload (1 MiB).
+MAX_PAYLOAD = 1024 * 1024
+MAX_FILE = 4 * MAX_PAYLOAD  # YAML is wordier than the JSON stored; read no more than this
 _DURATIONS: tuple[tuple[str, ...], ...] = (
     ("cluster", "timing", "heartbeat"),
     ("cluster", "timing", "lease"),
@@ -40,25 +48,29 @@ class ConfigError(ValueError):
     """The cluster file is invalid; ``field`` is a path like ``groups[1].preferred``."""
 
     def __init__(self, field: str, message: str) -> None:
+        # field names come from the file too: keep the error on one line whatever they hold
+        field = field if field.isprintable() else field.encode("unicode_escape").decode("ascii")
+        message = message if message.isprintable() else _one_line(message, 400)
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
 
 
 def load_file(path: str | Path) -> ClusterSpec:
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE + 1)
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
-    return load_text(text)
+    if len(data) > MAX_FILE:
+        raise ConfigError("", f"larger than {MAX_FILE} bytes: the bus could not hold it")
+    return load_text(data)
 
 
-def load_text(text: str) -> ClusterSpec:
+def load_text(text: str | bytes) -> ClusterSpec:
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "yaml"
-        raise ConfigError(where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raw = strict_yaml.load(text)
+    except strict_yaml.StrictYamlError as exc:
+        raise ConfigError(exc.where, exc.message) from None
     return load_data(raw)
 
 
@@ -71,6 +83,9 @@ def load_data(raw: Any) -> ClusterSpec:
     except msgspec.ValidationError as exc:
         raise _from_msgspec(exc) from None
     validate(spec)
+    size = len(encode(spec))
+    if size > MAX_PAYLOAD:
+        raise ConfigError("", f"{size} bytes once encoded; the bus holds at most {MAX_PAYLOAD}")
     return spec
 
 
@@ -114,13 +129,61 @@ def _from_msgspec(exc: msgspec.ValidationError) -> ConfigError:
         name = message.split("'")[1]
         field = f"{field}.{name}" if field else name
         message = "required key is missing"
-    return ConfigError(field, message[:1].lower() + message[1:])
+    return ConfigError(field, _one_line(message[:1].lower() + message[1:]))
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    """Operator text quoted back in an error: control characters escaped, length bounded."""
+    flat = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def valid_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None
+
+
+def _check_address(at: str, text: str) -> ipaddress.IPv4Address:
+    """A group address: an IPv4 host address with its prefix, one a node can really hold."""
+    try:
+        iface = ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise ConfigError(at, f"not an IPv4 address with prefix: {_one_line(repr(text))}") from None
+    if "/" not in text:
+        raise ConfigError(at, f"needs a prefix length, like {iface.ip}/24")
+    ip, net = iface.ip, iface.network
+    for bad, what in (
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_loopback, "a loopback address"),
+        (ip.is_multicast, "a multicast address"),
+        (ip == ipaddress.IPv4Address("255.255.255.255"), "the broadcast address"),
+        (ip.is_reserved, "a reserved address"),
+        (net.prefixlen < 31 and ip == net.network_address, f"the network address of {net}"),
+        (net.prefixlen < 31 and ip == net.broadcast_address, f"the broadcast address of {net}"),
+    ):
+        if bad:
+            raise ConfigError(at, f"{ip} is {what}")
+    return ip
+
+
+def _check_command(at: str, command: str | None, env: dict[str, str] | None = None) -> None:
+    """Commands are split like a shell would (shlex) and run without one: they must split, as
+    written and once the app's ``env`` is substituted into them (as the supervisor does)."""
+    if command is None:
+        return
+    try:
+        shlex.split(command)
+        argv = shlex.split(string.Template(command).safe_substitute(env or {}))
+    except ValueError as exc:
+        raise ConfigError(at, f"does not parse as a command: {exc}") from None
+    if not argv:
+        raise ConfigError(at, "must not be empty")
 
 
 def validate(spec: ClusterSpec) -> None:
     """Checks that need more than types: names, references, addresses, timing arithmetic."""
-    if not _NAME.match(spec.cluster.name):
-        raise ConfigError("cluster.name", f"invalid name {spec.cluster.name!r}")
+    if not valid_name(spec.cluster.name):
+        raise ConfigError("cluster.name", f"invalid name {_one_line(repr(spec.cluster.name))}")
+    _check_command("cluster.alert", spec.cluster.alert)
     timing = spec.cluster.timing
     if timing.lease < 4 * timing.heartbeat:
         raise ConfigError(
@@ -133,43 +196,41 @@ def validate(spec: ClusterSpec) -> None:
         raise ConfigError("nodes", "at least one node is required")
     nodes: set[str] = set()
     for i, node in enumerate(spec.nodes):
-        if not _NAME.match(node.name):
+        if not valid_name(node.name):
             raise ConfigError(
-                f"nodes[{i}].name", f"invalid name {node.name!r} (use a-z, 0-9, -, _)"
+                f"nodes[{i}].name",
+                f"invalid name {_one_line(repr(node.name))} (use a-z, 0-9, -, _)",
             )
         if node.name in nodes:
             raise ConfigError(f"nodes[{i}].name", f"duplicate node {node.name!r}")
-        if not _IFNAME.match(node.interface):
-            raise ConfigError(f"nodes[{i}].interface", f"invalid interface {node.interface!r}")
+        if not _IFNAME.fullmatch(node.interface) or node.interface in (".", ".."):
+            raise ConfigError(
+                f"nodes[{i}].interface",
+                f"invalid interface {_one_line(repr(node.interface))} "
+                "(at most 15 of A-Z a-z 0-9 _ . - @)",
+            )
         nodes.add(node.name)
     groups: set[str] = set()
     addresses: dict[ipaddress.IPv4Address, str] = {}
     for i, group in enumerate(spec.groups):
         at = f"groups[{i}]"
-        if not _NAME.match(group.name):
-            raise ConfigError(f"{at}.name", f"invalid name {group.name!r} (use a-z, 0-9, -, _)")
+        if not valid_name(group.name):
+            raise ConfigError(
+                f"{at}.name", f"invalid name {_one_line(repr(group.name))} (use a-z, 0-9, -, _)"
+            )
         if group.name in groups:
             raise ConfigError(f"{at}.name", f"duplicate group {group.name!r}")
         groups.add(group.name)
-        try:
-            iface = ipaddress.IPv4Interface(group.address)
-        except ValueError:
-            raise ConfigError(
-                f"{at}.address", f"not an IPv4 address with prefix: {group.address!r}"
-            ) from None
-        if "/" not in group.address:
-            raise ConfigError(f"{at}.address", f"needs a prefix length, like {iface.ip}/24")
-        if iface.ip in addresses:
-            raise ConfigError(
-                f"{at}.address", f"{iface.ip} is already used by group {addresses[iface.ip]!r}"
-            )
-        addresses[iface.ip] = group.name
+        ip = _check_address(f"{at}.address", group.address)
+        if ip in addresses:
+            raise ConfigError(f"{at}.address", f"{ip} is already used by group {addresses[ip]!r}")
+        addresses[ip] = group.name
         if group.preferred not in nodes:
-            raise ConfigError(f"{at}.preferred", f"unknown node {group.preferred!r}")
+            raise ConfigError(f"{at}.preferred", f"unknown node {_one_line(repr(group.preferred))}")
         seen = {group.preferred}
         for j, name in enumerate(group.possible):
             if name not in nodes:
-                raise ConfigError(f"{at}.possible[{j}]", f"unknown node {name!r}")
+                raise ConfigError(f"{at}.possible[{j}]", f"unknown node {_one_line(repr(name))}")
             if name in seen:
                 raise ConfigError(f"{at}.possible[{j}]", f"node {name!r} is listed twice")
             seen.add(name)
@@ -181,8 +242,10 @@ def validate(spec: ClusterSpec) -> None:
     services: set[str] = set()
     for i, service in enumerate(spec.services):
         at = f"services[{i}]"
-        if not _NAME.match(service.name):
-            raise ConfigError(f"{at}.name", f"invalid name {service.name!r} (use a-z, 0-9, -, _)")
+        if not valid_name(service.name):
+            raise ConfigError(
+                f"{at}.name", f"invalid name {_one_line(repr(service.name))} (use a-z, 0-9, -, _)"
+            )
         if service.name in services:
             raise ConfigError(f"{at}.name", f"duplicate service {service.name!r}")
         if service.name in groups:
@@ -198,7 +261,7 @@ def validate(spec: ClusterSpec) -> None:
         for key in ("preferred", "available"):
             for j, name in enumerate(getattr(service, key)):
                 if name not in groups:
-                    raise ConfigError(f"{at}.{key}[{j}]", f"unknown group {name!r}")
+                    raise ConfigError(f"{at}.{key}[{j}]", f"unknown group {_one_line(repr(name))}")
                 if name in seen_groups:
                     raise ConfigError(f"{at}.{key}[{j}]", f"group {name!r} is listed twice")
                 seen_groups.add(name)
@@ -216,8 +279,15 @@ def _validate_app(app: App, at: str) -> None:
     elif app.stop is None or app.check is None:
         missing = "stop" if app.stop is None else "check"
         raise ConfigError(f"{at}.{missing}", "a daemon app given with 'start' needs it")
-    if app.user is not None and not _USER.match(app.user):
-        raise ConfigError(f"{at}.user", f"invalid user name {app.user!r}")
+    for key in ("command", "start", "stop", "check", "before_start", "after_stop"):
+        _check_command(f"{at}.{key}", getattr(app, key), app.env)
+    for name in app.env:
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{at}.env", f"invalid variable name {_one_line(repr(name))}")
+    if app.workdir is not None and not app.workdir.startswith("/"):
+        raise ConfigError(f"{at}.workdir", "must be an absolute path")
+    if app.user is not None and not _USER.fullmatch(app.user):
+        raise ConfigError(f"{at}.user", f"invalid user name {_one_line(repr(app.user))}")
     if app.user == "root":
         raise ConfigError(f"{at}.user", "leave 'user' out to run as the supervisor's user")
 
@@ -229,7 +299,8 @@ def _validate_monitor(monitor: Monitor, at: str) -> None:
     if monitor.tcp is not None and not 0 < monitor.tcp < 65536:
         raise ConfigError(f"{at}.tcp", f"not a port: {monitor.tcp}")
     if monitor.http is not None and not monitor.http.startswith(("http://", "https://")):
-        raise ConfigError(f"{at}.http", f"not an http(s) URL: {monitor.http!r}")
+        raise ConfigError(f"{at}.http", f"not an http(s) URL: {_one_line(repr(monitor.http))}")
+    _check_command(f"{at}.exec", monitor.exec)
     if monitor.failures < 1:
         raise ConfigError(f"{at}.failures", "must be 1 or more")
 

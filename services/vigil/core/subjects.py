@@ -70,8 +70,14 @@ class Subjects:
     def alert(self, group: str) -> str:
         return f"{self.root}.alert.{group}"
 
-    def service(self, group: str, what: str) -> str:
-        return f"{self.root}.service.{group}.{what}"
+    def service(self, service: str, what: str, node: str) -> str:
+        """A service went up or down on ``node``. The node is the last token so that the server
+        can let each node speak only for itself (docs/security.md); ``service_events`` is what
+        a client subscribes to."""
+        return f"{self.root}.service.{service}.{what}.{node}"
+
+    def service_events(self, service: str, what: str = "*") -> str:
+        return f"{self.root}.service.{service}.{what}.*"
 
     # -- requests (outside <root>.>: not events, not kept) ---------------------------------------
     def logs_request(self, node: str) -> str:

@@ -15,7 +15,7 @@ from vigil.wire.events import ConfigApplied, Heartbeat, NodeJoined, NodeLost
 from vigil.wire.records import NodeRecord, NodeState
 
 from ..core import tracing
-from ..core.bus import Bus, all_records, encode, ensure_stream, kv, now
+from ..core.bus import Bus, all_records, encode, ensure_stream, kv, now, replayed
 from ..core.clusterconfig import ConfigSource
 from ..core.runner import every
 from .leases import Leases, Lost
@@ -75,6 +75,9 @@ class Membership:
         await self.reload()
 
     async def on_heartbeat(self, msg: Msg) -> None:
+        if replayed(msg):  # a consumer aimed at the heartbeat subject: no one's heartbeat
+            self.bus.drop(msg.subject, "replayed by a JetStream consumer, not published")
+            return
         try:
             beat = _HEARTBEAT.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

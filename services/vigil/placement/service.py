@@ -283,7 +283,7 @@ class PlacementService(Reconciler):
         for status in self.apps.values().values():
             if status.group == group and status.running and status.node not in up:
                 await self.bus.publish(
-                    self.bus.subjects.service(service, "down"),
+                    self.bus.subjects.service(service, "down", status.node),
                     ServiceDown(
                         **self.bus.stamp(),
                         service=service,

@@ -219,7 +219,7 @@ class Supervisor(Reconciler):
         for (service, group), epoch in sorted(now.items()):
             if (service, group) not in self.offered:
                 await self.bus.publish(
-                    self.bus.subjects.service(service, "up"),
+                    self.bus.subjects.service(service, "up", self.node),
                     ServiceUp(
                         **self.bus.stamp(),
                         service=service,
@@ -232,7 +232,7 @@ class Supervisor(Reconciler):
         for (service, group), epoch in sorted(self.offered.items()):
             if (service, group) not in now:
                 await self.bus.publish(
-                    self.bus.subjects.service(service, "down"),
+                    self.bus.subjects.service(service, "down", self.node),
                     ServiceDown(
                         **self.bus.stamp(),
                         service=service,
@@ -340,7 +340,7 @@ class Supervisor(Reconciler):
         self.announced[group] = "up"
         self.dirty.set()  # named services offered by this group come up with it
         await self.bus.publish(
-            self.bus.subjects.service(group, "up"),
+            self.bus.subjects.service(group, "up", self.node),
             ServiceUp(
                 **self.bus.stamp(),
                 service=group,
@@ -357,7 +357,7 @@ class Supervisor(Reconciler):
             return
         self.announced[group] = "down"
         await self.bus.publish(
-            self.bus.subjects.service(group, "down"),
+            self.bus.subjects.service(group, "down", self.node),
             ServiceDown(
                 **self.bus.stamp(),
                 service=group,
