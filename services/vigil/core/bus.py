@@ -164,22 +164,26 @@ def replicas() -> int:
     return int(os.environ.get("VIGIL_REPLICAS", "1"))
 
 
-async def kv(bus: Bus, bucket: str, *, history: int = 1) -> KeyValue:
-    """Open a bucket, creating it when missing (every service may be first to start)."""
+async def kv(bus: Bus, bucket: str, *, history: int = 1, copies: int | None = None) -> KeyValue:
+    """Open a bucket, creating it when missing (every service may be first to start) with
+    ``copies`` copies (default: ``replicas()``)."""
     try:
         return await bus.js.key_value(bucket)
     except (BucketNotFoundError, NotFoundError):
         try:
             return await bus.js.create_key_value(
                 KeyValueConfig(
-                    bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas()
+                    bucket=bucket,
+                    history=history,
+                    storage=StorageType.FILE,
+                    replicas=copies or replicas(),
                 )
             )
         except Exception:
             return await bus.js.key_value(bucket)  # lost a creation race: use the winner's
 
 
-async def ensure_stream(bus: Bus) -> None:
+async def ensure_stream(bus: Bus, copies: int | None = None) -> None:
     """The event history for ``vigil events --since``: every event under ``<root>.>``."""
     config = StreamConfig(
         name=bus.subjects.stream,
@@ -187,7 +191,7 @@ async def ensure_stream(bus: Bus) -> None:
         storage=StorageType.FILE,
         max_age=7 * 24 * 3600,
         max_msgs=1_000_000,
-        num_replicas=replicas(),
+        num_replicas=copies or replicas(),
     )
     try:
         await bus.js.add_stream(config)
