@@ -61,6 +61,11 @@ class Probe:
 
 def current_node(probe: Probe) -> str:
     """Who served the client last (a status read may stall while JetStream elects leaders)."""
+    deadline = time.monotonic() + 30
+    while not probe.answers:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the client was never served")
+        time.sleep(0.05)
     return probe.answers[-1][1]
 
 
