@@ -113,7 +113,7 @@ def cmd_service(args: argparse.Namespace) -> int:
         return fail(f"{service}: --node (or VIGIL_NODE) is required", 2)
 
     async def main() -> None:
-        bus = await connect(args, service, name=node)
+        bus = await connect(args, service, name=node or getattr(args, "name", None))
         try:
             if service == "membership":
                 from ..membership.service import Membership
@@ -437,7 +437,13 @@ def parser() -> argparse.ArgumentParser:
         ("membership", "run the membership service"),
         ("placement", "run the placement service"),
     ):
-        with_nats(sub.add_parser(name, help=text)).set_defaults(func=cmd_service)
+        sp = with_nats(sub.add_parser(name, help=text))
+        sp.add_argument(
+            "--name",
+            help="this replica's name in its events' source (default: the host name); "
+            "replicas on one host need their own",
+        )
+        sp.set_defaults(func=cmd_service)
     ad = with_nats(sub.add_parser("address", help="run this node's address service"))
     ad.add_argument("--node", help="this node's name (default: $VIGIL_NODE)")
     ad.add_argument("--interface", help="interface for the addresses (default: from the file)")

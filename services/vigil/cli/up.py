@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,7 +57,12 @@ def up(
             os.environ.setdefault("VIGIL_REPLICAS", str(min(3, nats_servers)))
         urls = ",".join(nats_urls(url))
         vigil = [sys.executable, "-m", "vigil.cli.main"]
-        roles = {f"{r}-{i + 1}": [r] for r in ("membership", "placement") for i in range(REPLICAS)}
+        host = socket.gethostname()
+        roles = {
+            f"{r}-{i + 1}": [r, "--name", f"{host}-{i + 1}"]
+            for r in ("membership", "placement")
+            for i in range(REPLICAS)
+        }
         if node:
             roles[f"{node}-address"] = [
                 "address", "--node", node, *(["--interface", interface] if interface else [])

@@ -271,9 +271,8 @@ class Lab:
 
     def start_replicas(self, state: LabState, role: str) -> None:
         for i in range(REPLICAS):
-            self.spawn(
-                state, f"{role}-{i + 1}", state.ns("bus"), self.vigil(role, "--nats", state.bus_url)
-            )
+            argv = self.vigil(role, "--name", f"bus-{i + 1}", "--nats", state.bus_url)
+            self.spawn(state, f"{role}-{i + 1}", state.ns("bus"), argv)
 
     async def prepare_bus(self, state: LabState) -> None:
         """Once JetStream can place them, create the buckets and the history with one copy per
