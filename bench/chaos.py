@@ -29,6 +29,7 @@ import ctypes
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import struct
@@ -278,7 +279,7 @@ class Chaos:
         """Seconds until the wire agrees with the status (None: not within ``limit``), and
         the last disagreement seen (what took the time)."""
         enabled: set[str] = set()
-        wrong = last = "no status"
+        wrong, last = "no status", ""
         while time.monotonic() - since < limit:
             view = self.status()
             wrong = "no status" if view is None else self.mismatch(view, enabled)
@@ -385,37 +386,45 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/reliability.md"))
     parser.add_argument("--prefix", default="vchaos")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the report and lab down still run
     lab = Lab(args.prefix)
-    lab.down()
     spec = generated(NODES, groups=GROUPS)
-    state = lab.up(spec)
     vips = [str(IPv4Interface(g.address).ip) for g in spec.groups]
-    macs = {mac_of(state.ns(n)): n for n in state.nodes}
-    chaos = Chaos(lab, state, args.converge)
-    checker = ArpChecker(state.ns("client"), vips)
     outcomes: list[Outcome] = []
+    macs: dict[str, str] = {}
+    rebuilds = 0
+    seed = args.seed
     try:
-        for seed in range(args.seed, args.seed + args.schedules):
-            out = chaos.run(seed, checker)
-            outcomes.append(out)
-            took = "never" if out.converged_s is None else f"{out.converged_s:.2f}s"
-            flag = " OVERLAP" if out.overlaps else ""
-            print(
-                f"seed {seed}: {'; '.join(map(str, out.faults))} -> converged {took}{flag}"
-                + (f" (last wrong: {out.stuck})" if out.stuck else ""),
-                flush=True,
-            )
-            if out.converged_s is None:  # start the next one from a clean cluster
-                for node in lab.state().nodes:
-                    with contextlib.suppress(LabError):
-                        lab.thaw(node)
-                        lab.heal(node)
+        while seed < args.seed + args.schedules:
+            # A fresh lab, and a new one after every schedule that did not converge: each
+            # schedule starts from a healthy cluster, so one failure is not counted twice.
+            lab.down()
+            state = lab.up(spec)
+            macs.update({mac_of(state.ns(n)): n for n in state.nodes})
+            chaos = Chaos(lab, state, args.converge)
+            checker = ArpChecker(state.ns("client"), vips)
+            try:
+                while seed < args.seed + args.schedules:
+                    out = chaos.run(seed, checker)
+                    outcomes.append(out)
+                    seed += 1
+                    took = "never" if out.converged_s is None else f"{out.converged_s:.2f}s"
+                    flag = " OVERLAP" if out.overlaps else ""
+                    print(
+                        f"seed {out.seed}: {'; '.join(map(str, out.faults))} -> converged "
+                        f"{took}{flag}" + (f" (last wrong: {out.stuck})" if out.stuck else ""),
+                        flush=True,
+                    )
+                    if out.converged_s is None or out.error:
+                        rebuilds += 1
+                        break
+            finally:
+                checker.stop()
+                chaos.close()
     finally:
-        checker.stop()
-        chaos.close()
         args.out.write_text(report(outcomes, args.seed, args.converge, macs))
         lab.down()
-    print(f"report: {args.out}")
+    print(f"report: {args.out} (the lab was rebuilt {rebuilds} times)")
     failed = any(
         o.overlaps or o.converged_s is None or o.converged_s > args.converge for o in outcomes
     )

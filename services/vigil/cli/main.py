@@ -38,7 +38,8 @@ def client_urls(args: argparse.Namespace) -> list[str]:
         return nats_urls(args.nats)
     from ..lab.lab import LabState
 
-    state = LabState.load(getattr(args, "prefix", None) or "vlab")
+    # VIGIL_LAB names the lab, as it does for ``vigil lab`` (these commands have no --prefix)
+    state = LabState.load(os.environ.get("VIGIL_LAB") or getattr(args, "prefix", None) or "vlab")
     return state.host_urls if state else nats_urls(None)
 
 
