@@ -218,7 +218,7 @@ class Chaos:
         try:
             if self.bus is None:
                 self.bus = self.loop.run_until_complete(self.lab.connect(self.state, "chaos"))
-            view = self.loop.run_until_complete(asyncio.wait_for(status_mod.read(self.bus), 5))
+            view = self.loop.run_until_complete(asyncio.wait_for(status_mod.read(self.bus), 2))
         except Exception:  # no answer now (a leader election, a server down): ask again
             return None
         raw: dict[str, object] = msgspec.to_builtins(view)

@@ -82,6 +82,10 @@ def cluster_commands(
     ]
 
 
+async def _quiet(_: Exception) -> None:
+    """Servers still starting refuse or close connections: expected, retried, not printed."""
+
+
 async def wait_jetstream(urls: list[str], replicas: int, timeout: float = 30.0) -> None:
     """Return once JetStream can place a stream of ``replicas`` copies: the cluster has elected
     its meta leader and enough servers joined it (services create R3 buckets on start)."""
@@ -93,7 +97,9 @@ async def wait_jetstream(urls: list[str], replicas: int, timeout: float = 30.0) 
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            nc = await nats.connect(urls, connect_timeout=2, max_reconnect_attempts=1)
+            nc = await nats.connect(
+                urls, connect_timeout=2, max_reconnect_attempts=1, error_cb=_quiet
+            )
         except Exception as exc:
             last = exc
             await asyncio.sleep(0.2)
