@@ -164,7 +164,7 @@ class TestProductionTopology:
             # Generous: a killed server that led a bucket's stream stalls its writes until
             # JetStream elects a new leader (seconds; docs/reliability.md has the numbers).
             served = wait_until(
-                lambda: probe.served_by("n2", t0), 40, "web1 served by n2 after n1's loss"
+                lambda: probe.served_by("n2", t0), 90, "web1 served by n2 after n1's loss"
             )
             report("failover with 3 NATS (one down) + 1 of 2 membership", f"{served.t - t0:.3f}s")
         finally:
