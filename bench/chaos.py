@@ -314,6 +314,14 @@ class Chaos:
 
 
 # -- the report ----------------------------------------------------------------------------------
+NOTE = (
+    "A seed fixes the schedule (faults, targets, times), not the outcome: the services' own "
+    'timing varies, so a failure may need a few replays. "last wrong" is the last '
+    'disagreement seen before convergence (or at the 30 s limit); "no status" means '
+    "`vigil status` got no answer within 2 s (JetStream electing leaders after a server died)."
+)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -360,6 +368,7 @@ def report(outcomes: list[Outcome], seed: int, converge: float, macs: dict[str, 
         elif with_kind:
             lines.append(f"| {kind} | {len(with_kind)} | - | - | - | {never} |")
     lines += ["", "## Failures (replay: `python -m bench.chaos --seed S --schedules 1`)", ""]
+    lines += [NOTE, ""]
     bad = [o for o in outcomes if o.overlaps or o in late or o.error]
     if not bad:
         lines.append("None.")
