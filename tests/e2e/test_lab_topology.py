@@ -113,6 +113,33 @@ def arp_answers(client: str, node_ns: str, host: str, window: float = 0.5) -> bo
         watch.stop()
 
 
+async def stream_leaders(urls: list[str]) -> dict[str, str]:
+    """Which server leads each stream (bucket or history)."""
+    nc = await nats.connect(urls, connect_timeout=5, max_reconnect_attempts=1)
+    try:
+        infos = await nc.jetstream().streams_info()
+        return {i.config.name: i.cluster.leader for i in infos if i.cluster and i.cluster.leader}
+    finally:
+        await nc.close()
+
+
+CRITICAL = ("KV_vigil_nodes", "KV_vigil_placement", "KV_vigil_observed")
+
+
+def a_server_leading(prefix: str, critical: bool) -> str:
+    """A NATS server that leads the node records' stream (``critical``), or, else, one that
+    leads as few of the compare-and-set buckets as possible (today killing the leader of
+    ``KV_vigil_nodes`` stops failovers: see ``test_..._the_nodes_bucket_leader_down``)."""
+    leaders = asyncio.run(stream_leaders(info(prefix)["nats_urls"]))
+    if critical:
+        return leaders["KV_vigil_nodes"]
+    servers = ["nats-1", "nats-2", "nats-3"]
+    return min(
+        (s for s in servers if s != leaders.get("KV_vigil_nodes")),
+        key=lambda s: sum(leaders.get(b) == s for b in CRITICAL),
+    )
+
+
 async def stream_copies(urls: list[str]) -> dict[str, int]:
     nc = await nats.connect(urls, connect_timeout=5, max_reconnect_attempts=1)
     try:
@@ -155,7 +182,8 @@ class TestProductionTopology:
         probe = Probe(topo_lab.name, "10.213.0.101:8080")
         try:
             wait_until(lambda: probe.served_by("n1", 0), 20, "web1 served by n1")
-            lab(topo_lab.name, "kill", "--no-restart", "nats-2")
+            server = a_server_leading(topo_lab.name, critical=False)
+            lab(topo_lab.name, "kill", "--no-restart", server)
             before = info(topo_lab.name)["processes"]["membership-1"]
             lab(topo_lab.name, "kill", "membership-1")
             assert not alive(before["pid"])
@@ -177,11 +205,11 @@ class TestProductionTopology:
 
         now = wait_until(restarted, 10, "membership-1 restarted by its keeper", interval=0.2)
         assert now["restarts"] >= 1 and now["keeper"] == before["keeper"]
-        held = info(topo_lab.name)["nats"]["nats-2"]
+        held = info(topo_lab.name)["nats"][server]
         assert held["pid"] is None and held["held"] is True, held
-        lab(topo_lab.name, "start", "nats-2")
-        server = info(topo_lab.name)["nats"]["nats-2"]
-        assert alive(server["pid"]) and server["held"] is False, server
+        lab(topo_lab.name, "start", server)
+        again = info(topo_lab.name)["nats"][server]
+        assert alive(again["pid"]) and again["held"] is False, again
         view = wait_until(
             lambda: (v := status(topo_lab.name)) and node_state(v, "n1") == "lost" and v,
             10,
@@ -254,3 +282,29 @@ class TestProductionTopology:
             "n3 up again after heal",
             interval=0.2,
         )
+
+    @pytest.mark.xfail(
+        reason="known bug (docs/lab.md): with the leader of KV_vigil_nodes dead, both membership "
+        "replicas' compare-and-set of the lost node's record fails ('wrong last sequence'), each "
+        "takes it for the other's success, and the node is never declared lost",
+        strict=False,
+    )
+    def test_node_loss_fails_over_with_the_nodes_bucket_leader_down(
+        self, require_netns: None, topo_lab: Prefix
+    ) -> None:
+        """The last step: it may leave the cluster broken (a dead node never declared lost)."""
+        view = status(topo_lab.name)
+        victim = group(view, "web1")["node"]
+        survivor = next(n for n in ("n1", "n2", "n3") if n != victim and n != "n1")
+        probe = Probe(topo_lab.name, "10.213.0.101:8080")
+        try:
+            wait_until(lambda: probe.served_by(victim, 0), 20, f"web1 served by {victim}")
+            lab(topo_lab.name, "kill", "--no-restart", a_server_leading(topo_lab.name, True))
+            t0 = time.time()
+            lab(topo_lab.name, "kill", victim)
+            served = wait_until(
+                lambda: probe.served_by(survivor, t0), 30, f"web1 served by {survivor}"
+            )
+            report("failover with the nodes bucket's leader down", f"{served.t - t0:.3f}s")
+        finally:
+            probe.stop()
