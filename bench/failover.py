@@ -234,7 +234,15 @@ class LabBench:
 
     def pids(self) -> dict[str, int]:
         state = LabState.load(self.state.prefix) or self.state
-        return {p.role: p.pid for p in state.procs}
+        # Kept processes: the keeper's current child, under the names the report uses (the
+        # first replica or server stands for its kind).
+        names = {"membership-1": "membership", "placement-1": "placement", "nats-1": "nats-server"}
+        out: dict[str, int] = {}
+        for p in state.procs:
+            pid = self.lab.kept_status(p.role).get("pid") if p.kept else p.pid
+            if isinstance(pid, int):
+                out[names.get(p.role, p.role)] = pid
+        return out
 
     async def idle_usage(self, seconds: float) -> dict[str, Usage]:
         """CPU and RSS of every Vigil process of the lab over ``seconds`` of idle cluster."""

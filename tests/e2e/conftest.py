@@ -210,7 +210,7 @@ def lab(lab_prefix: Prefix) -> Iterator[LabRun]:
     every group up on its preferred node."""
     spec = load_file(EXAMPLE)
     the_lab = Lab(lab_prefix.name)
-    state = the_lab.up(spec)
+    state = the_lab.up(spec, nats_servers=1)  # one server: speed (test_lab_topology runs 3)
     lab_prefix.note_pids()
     run_ = LabRun(
         the_lab, state, lab_prefix, spec.cluster.timing.heartbeat, spec.cluster.timing.lease

@@ -396,7 +396,7 @@ def behaviour_lab(
     try:
         spec = spec_for(tmp)
         lab = Lab(prefix.name)
-        state = lab.up(spec)
+        state = lab.up(spec, nats_servers=1)  # one server: speed (test_lab_topology runs 3)
         prefix.note_pids()
         bus = BusThread(state.host_url, "e2e-behaviours")
         beh = BehLab(prefix, lab, state, spec, bus.recorder, bus, tmp)

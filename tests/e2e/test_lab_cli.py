@@ -64,8 +64,10 @@ def lab_cli(tools: type[Tools], prefix: str, *args: str) -> Any:
 
 @pytest.fixture(scope="class")
 def cli_lab(lab_prefix: Prefix, tools: type[Tools]) -> Iterator[Prefix]:
-    """A two-node lab brought up with the command line (torn down and checked by lab_prefix)."""
-    proc = lab_cli(tools, lab_prefix.name, "up", "--nodes", "2")
+    """A two-node lab brought up with the command line (torn down and checked by lab_prefix);
+    one NATS server: the consumer-limit step below would build a thousand R3 consumers on
+    three (test_lab_topology.py covers the three-server lab)."""
+    proc = lab_cli(tools, lab_prefix.name, "up", "--nodes", "2", "--nats-servers", "1")
     lab_prefix.note_pids()
     assert proc.returncode == 0, f"vigil lab up failed: {proc.stderr.strip()}"
     assert f"lab {lab_prefix.name} is up: 2 nodes" in proc.stdout
@@ -121,6 +123,17 @@ class TestLabCli:
         assert info["namespaces"] == [cli_lab.ns(w) for w in ("bus", "n1", "n2", "client")]
         url = info["nats_url"]
         assert url.startswith("nats://127.0.0.1:")
+        assert info["nats_urls"] == [url] and list(info["nats"]) == ["nats-1"]
+        assert info["node_states"]["n2"] == {"running": True, "frozen": False, "partitioned": False}
+        for role in ("nats-1", "membership-1", "membership-2", "placement-1", "placement-2"):
+            assert tools.alive(info["processes"][role]["pid"]), (role, info["processes"])
+
+        # a process or node that does not exist: one line naming what does
+        proc = lab_cli(tools, cli_lab.name, "kill", "membership-9")
+        assert proc.returncode == 1 and "unknown process 'membership-9'" in proc.stderr
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+        proc = lab_cli(tools, cli_lab.name, "freeze", "n9")
+        assert proc.returncode == 1 and "unknown node 'n9'" in proc.stderr
 
         # a plain NATS client on the host: the server answers, with JetStream and Vigil's buckets
         nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
@@ -273,6 +286,13 @@ def as_nobody(tools: type[Tools]) -> tuple[list[str], dict[str, str]]:
         ["down"],
         ["kill", "n1"],
         ["revive", "n1"],
+        ["kill", "membership-1"],
+        ["kill", "--no-restart", "nats-2"],
+        ["start", "nats-2"],
+        ["freeze", "n1"],
+        ["thaw", "n1"],
+        ["partition", "n1"],
+        ["heal", "n1"],
         ["info", "-o", "json"],
         ["exec", "client", "--", "ip", "-br", "addr"],
         ["demo"],

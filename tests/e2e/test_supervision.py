@@ -294,7 +294,7 @@ def sup() -> Iterator[SupLab]:
             (base / node / "redis").mkdir(mode=0o700)
             os.chown(base / node / "redis", redis_user.pw_uid, redis_user.pw_gid)
         spec = cluster_spec(base)
-        state = lab.up(spec)
+        state = lab.up(spec, nats_servers=1)  # one server: speed (test_lab_topology runs 3)
         bus = BusThread(state.host_url, "e2e-supervision")
         yield SupLab(prefix, base, lab, state, spec, bus.recorder, bus)
     finally:

@@ -1,62 +1,107 @@
-"""``vigil up`` with no NATS URL starts the embedded server and the cluster-wide services."""
+"""``vigil up`` with no NATS URL: three embedded servers in a JetStream cluster (R3), two
+membership and two placement replicas, each restarted when it dies; ``vigil status`` works."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import nats
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_up_starts_an_embedded_nats_and_status_works(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "VIGIL_NATS_URL"}
+class Output:
+    """The lines ``vigil up`` prints, read by a thread; ``wait`` finds one with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert proc.stdout is not None
+        self.stdout = proc.stdout
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.stdout:
+            self.lines.append(line)
+
+    def wait(self, ok: Callable[[str], re.Match[str] | None], timeout: float, what: str) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.lines):
+                if m := ok(line):
+                    return m.group(1)
+            assert time.monotonic() < deadline, f"vigil up never printed {what}: {self.lines}"
+            time.sleep(0.05)
+
+
+async def stream_copies(urls: str) -> dict[str, int]:
+    nc = await nats.connect(urls.split(","), connect_timeout=5, max_reconnect_attempts=1)
+    try:
+        infos = await nc.jetstream().streams_info()
+        return {i.config.name: 1 + len(i.cluster.replicas or []) if i.cluster else 1 for i in infos}
+    finally:
+        await nc.close()
+
+
+def test_up_runs_three_nats_servers_two_replicas_each_and_restarts_them(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIGIL_NATS_URL", "VIGIL_REPLICAS")}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vigil.cli.main",
-            "up",
-            "-f",
-            str(ROOT / "examples" / "lab.yaml"),
-            "--state-dir",
-            str(tmp_path),
-        ],
+        [sys.executable, "-m", "vigil.cli.main", "up", "-f", str(ROOT / "examples" / "lab.yaml"),
+         "--state-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
-    )
+    )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        url = None
-        deadline = time.monotonic() + 30
-        while url is None:
-            assert time.monotonic() < deadline, "vigil up never reported its NATS URL"
-            line = proc.stdout.readline()
-            assert line, "vigil up exited early"
-            if m := re.search(r"embedded NATS at (nats://\S+)", line):
-                url = m.group(1)
-        assert (tmp_path / "nats" / "jetstream").is_dir()
+        out = Output(proc)
+        url = out.wait(
+            lambda ln: re.search(r"embedded NATS at (nats://\S+)", ln), 60, "its NATS URLs"
+        )
+        assert len(url.split(",")) == 3, url
+        for i in (1, 2, 3):
+            assert (tmp_path / "nats" / f"nats-{i}" / "jetstream").is_dir()
+        out.wait(lambda ln: re.search(r"vigil: (running) ", ln), 30, "that it runs")
         deadline = time.monotonic() + 30
         while True:
-            out = subprocess.run(
+            status = subprocess.run(
                 [sys.executable, "-m", "vigil.cli.main", "status", "-o", "json", "--nats", url],
                 capture_output=True,
                 text=True,
                 env=env,
             )
-            if out.returncode == 0 and json.loads(out.stdout)["cluster"] == "lab":
+            if status.returncode == 0 and json.loads(status.stdout)["cluster"] == "lab":
                 break
-            assert time.monotonic() < deadline, out.stderr
-        view = json.loads(out.stdout)
+            assert time.monotonic() < deadline, status.stderr
+            time.sleep(0.1)
+        view = json.loads(status.stdout)
         assert [n["name"] for n in view["nodes"]] == ["n1", "n2", "n3"]
         assert all(n["state"] == "lost" for n in view["nodes"])  # no node agent runs here
+        copies = asyncio.run(stream_copies(url))
+        assert copies and set(copies.values()) == {3}, copies
+
+        # every replica is there, and one that dies is started again
+        pids = {
+            role: int(out.wait(lambda ln, r=role: re.search(rf"vigil: {r} pid (\d+)", ln), 5, role))
+            for role in ("membership-1", "membership-2", "placement-1", "placement-2", "nats-2")
+        }
+        for role in ("membership-1", "nats-2"):
+            os.kill(pids[role], signal.SIGKILL)
+            again = out.wait(
+                lambda ln, r=role: re.search(rf"keeper: {r} started again \(#1, pid (\d+)\)", ln),
+                10,
+                f"{role} restarted",
+            )
+            assert int(again) != pids[role]
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=60) == 0

@@ -40,8 +40,9 @@ def client_urls(args: argparse.Namespace) -> list[str]:
         return nats_urls(args.nats)
     from ..lab.lab import LabState
 
-    state = LabState.load(getattr(args, "prefix", None) or "vlab")
-    return [state.host_url] if state else nats_urls(None)
+    # VIGIL_LAB names the lab, as it does for ``vigil lab`` (these commands have no --prefix)
+    state = LabState.load(os.environ.get("VIGIL_LAB") or getattr(args, "prefix", None) or "vlab")
+    return state.host_urls if state else nats_urls(None)
 
 
 def credentials(args: argparse.Namespace) -> Credentials:
@@ -197,7 +198,7 @@ def cmd_service(args: argparse.Namespace) -> int:
         return fail(f"{service}: --node (or VIGIL_NODE) is required", 2)
 
     async def main() -> None:
-        bus = await connect(args, service, name=node)
+        bus = await connect(args, service, name=node or getattr(args, "name", None))
         try:
             if service == "membership":
                 from ..membership.service import Membership
@@ -358,7 +359,14 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from .up import up
 
-    return up(args.file, node_name(args), args.interface, Path(args.state_dir), args.nats)
+    return up(
+        args.file,
+        node_name(args),
+        args.interface,
+        Path(args.state_dir),
+        args.nats,
+        args.nats_servers,
+    )
 
 
 # -- the lab -------------------------------------------------------------------------------------
@@ -373,28 +381,46 @@ def cmd_lab(args: argparse.Namespace) -> int:
     try:
         if args.lab_command == "up":
             spec = lab_spec(args)
-            state = lab.up(spec)
-            print(f"lab {args.prefix} is up: {len(state.nodes)} nodes, NATS at {state.host_url}")
+            state = lab.up(spec, nats_servers=args.nats_servers)
+            print(
+                f"lab {args.prefix} is up: {len(state.nodes)} nodes, "
+                f"{state.nats_servers} NATS server(s) at {','.join(state.host_urls)}"
+            )
             print(f"  watch it:  nats sub -s {state.host_url} 'vigil.>'")
             print("  status:    vigil status")
         elif args.lab_command == "down":
             removed = lab.down()
             print(f"lab {args.prefix} is down ({len(removed)} namespaces removed)")
         elif args.lab_command == "kill":
-            killed = lab.kill(args.node)
-            print(f"node {args.node} killed ({len(killed)} processes) and its link is down")
+            if args.target in lab.state().nodes:
+                if args.no_restart:
+                    return fail("lab kill: --no-restart is for a process; a node stays dead", 2)
+                killed = lab.kill(args.target)
+                print(f"node {args.target} killed ({len(killed)} processes) and its link is down")
+            else:
+                pid = lab.kill_process(args.target, restart=not args.no_restart)
+                then = "held down until 'vigil lab start'" if args.no_restart else "restarting"
+                print(f"{args.target} killed (pid {pid}); {then}")
+        elif args.lab_command == "start":
+            pid = lab.start_process(args.process)
+            print(f"{args.process} started (pid {pid})")
         elif args.lab_command == "revive":
             lab.revive(args.node)
             print(f"node {args.node} revived")
+        elif args.lab_command == "freeze":
+            stopped = lab.freeze(args.node)
+            print(f"node {args.node} frozen ({len(stopped)} processes stopped)")
+        elif args.lab_command == "thaw":
+            resumed = lab.thaw(args.node)
+            print(f"node {args.node} thawed ({len(resumed)} processes resumed)")
+        elif args.lab_command == "partition":
+            lab.partition(args.node)
+            print(f"node {args.node} partitioned: its link is down, everything still runs")
+        elif args.lab_command == "heal":
+            lab.heal(args.node)
+            print(f"node {args.node} healed: its link is up")
         elif args.lab_command == "info":
-            state = lab.state()
-            info = {
-                "prefix": state.prefix,
-                "nats_url": state.host_url,
-                "nodes": state.nodes,
-                "namespaces": [state.ns(w) for w in ("bus", *state.nodes, "client")],
-                "logs": str(lab.dir),
-            }
+            info = lab.info()
             print(
                 msgspec.json.encode(info).decode()
                 if args.output == "json"
@@ -412,7 +438,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         elif args.lab_command == "demo":
             from ..lab.demo import run_demo
 
-            return run_demo(lab, lab_spec(args))
+            return run_demo(lab, lab_spec(args), args.nats_servers)
     except (LabError, config_mod.ConfigError) as exc:
         return fail(f"lab {args.lab_command}: {exc}")
     return 0
@@ -502,7 +528,13 @@ def parser() -> argparse.ArgumentParser:
         ("membership", "run the membership service"),
         ("placement", "run the placement service"),
     ):
-        with_nats(sub.add_parser(name, help=text)).set_defaults(func=cmd_service)
+        sp = with_nats(sub.add_parser(name, help=text))
+        sp.add_argument(
+            "--name",
+            help="this replica's name in its events' source (default: the host name); "
+            "replicas on one host need their own",
+        )
+        sp.set_defaults(func=cmd_service)
     ad = with_nats(sub.add_parser("address", help="run this node's address service"))
     ad.add_argument("--node", help="this node's name (default: $VIGIL_NODE)")
     ad.add_argument("--interface", help="interface for the addresses (default: from the file)")
@@ -524,13 +556,20 @@ def parser() -> argparse.ArgumentParser:
 
     u = with_nats(
         sub.add_parser(
-            "up", help="all of Vigil on this machine, embedded NATS unless --nats is given"
+            "up", help="all of Vigil on this machine, supervised; embedded NATS unless --nats"
         )
     )
     u.add_argument("-f", "--file", help="cluster file to apply once running")
     u.add_argument("--node", help="run this node's address service and supervisor too")
     u.add_argument("--interface", help="interface for the addresses (default: from the file)")
     u.add_argument("--state-dir", default="/var/lib/vigil")
+    u.add_argument(
+        "--nats-servers",
+        type=int,
+        choices=[1, 3],
+        default=3,
+        help="embedded NATS servers: 3, a JetStream cluster with R3 (default), or 1",
+    )
     u.set_defaults(func=cmd_up)
 
     sec = sub.add_parser("secure", help="credentials, permissions and TLS for the bus")
@@ -568,10 +607,32 @@ def parser() -> argparse.ArgumentParser:
         sp = ls.add_parser(name, help=text)
         sp.add_argument("-f", "--file", help="cluster file (default: examples/lab.yaml)")
         sp.add_argument("--nodes", type=int, help="number of nodes (generates a file if no -f)")
+        sp.add_argument(
+            "--nats-servers",
+            type=int,
+            choices=[1, 3],
+            default=3,
+            help="3: a JetStream cluster, R3 (default, as in production); 1: lighter, faster",
+        )
     ls.add_parser("down", help="remove every namespace and process of the lab")
+    kill = ls.add_parser(
+        "kill",
+        help="a node: hard loss (SIGKILL its processes, link down); a process (membership-1, "
+        "placement-2, nats-2, n1-address): SIGKILL, restarted by its keeper",
+    )
+    kill.add_argument("target", help="a node, or a process as 'vigil lab info' names it")
+    kill.add_argument(
+        "--no-restart", action="store_true", help="keep the process down until 'vigil lab start'"
+    )
+    ls.add_parser("start", help="start a process held down by 'kill --no-restart'").add_argument(
+        "process"
+    )
     for name, text in (
-        ("kill", "hard node loss: SIGKILL its processes, link down"),
         ("revive", "bring a killed node back"),
+        ("freeze", "SIGSTOP every process of a node (its kernel still answers)"),
+        ("thaw", "SIGCONT every process of a frozen node"),
+        ("partition", "take a node's link down with everything running"),
+        ("heal", "bring a partitioned node's link back up"),
     ):
         ls.add_parser(name, help=text).add_argument("node")
     info = ls.add_parser("info", help="where the lab's NATS is, its namespaces and logs")

@@ -330,8 +330,9 @@ def replicas() -> int:
 KV_OPEN_DEADLINE = 120.0  # seconds a service keeps trying to open a bucket before it gives up
 
 
-async def kv(bus: Bus, bucket: str, *, history: int = 1) -> KeyValue:
-    """Open a bucket, creating it when missing (every service may be first to start).
+async def kv(bus: Bus, bucket: str, *, history: int = 1, copies: int | None = None) -> KeyValue:
+    """Open a bucket, creating it when missing (every service may be first to start) with
+    ``copies`` copies (default: ``replicas()``).
 
     A JetStream cluster that is still electing its leaders (all servers restarted on existing
     data, as after ``docker compose down`` and ``up``) answers with a timeout or "unavailable"
@@ -340,8 +341,8 @@ async def kv(bus: Bus, bucket: str, *, history: int = 1) -> KeyValue:
     pause = 0.2
     while True:
         try:
-            return await _open_kv(bus, bucket, history)
-        except (nats.errors.TimeoutError, ServiceUnavailableError, NoRespondersError) as exc:
+            return await _open_kv(bus, bucket, history, copies)
+        except (nats_errors.TimeoutError, ServiceUnavailableError, NoRespondersError) as exc:
             if asyncio.get_running_loop().time() + pause > deadline:
                 raise
             log.warning("bucket %s not available yet (%r); retrying in %.1fs", bucket, exc, pause)
@@ -349,7 +350,7 @@ async def kv(bus: Bus, bucket: str, *, history: int = 1) -> KeyValue:
             pause = min(pause * 2, 5.0)
 
 
-async def _open_kv(bus: Bus, bucket: str, history: int) -> KeyValue:
+async def _open_kv(bus: Bus, bucket: str, history: int, copies: int | None) -> KeyValue:
     try:
         return await bus.js.key_value(bucket)
     except (BucketNotFoundError, NotFoundError):
@@ -359,7 +360,7 @@ async def _open_kv(bus: Bus, bucket: str, history: int) -> KeyValue:
                     bucket=bucket,
                     history=history,
                     storage=StorageType.FILE,
-                    replicas=replicas(),
+                    replicas=copies or replicas(),
                     max_value_size=MAX_RECORD,
                     max_bytes=BUCKET_BYTES,
                 )
@@ -368,7 +369,7 @@ async def _open_kv(bus: Bus, bucket: str, history: int) -> KeyValue:
             return await bus.js.key_value(bucket)  # lost a creation race: use the winner's
 
 
-async def ensure_stream(bus: Bus) -> None:
+async def ensure_stream(bus: Bus, copies: int | None = None) -> None:
     """The event history for ``vigil events --since``: every event under ``<root>.>``."""
     config = StreamConfig(
         name=bus.subjects.stream,
@@ -378,7 +379,7 @@ async def ensure_stream(bus: Bus) -> None:
         max_msgs=1_000_000,
         max_bytes=STREAM_BYTES,
         max_msg_size=MAX_EVENT,
-        num_replicas=replicas(),
+        num_replicas=copies or replicas(),
     )
     try:
         await bus.js.add_stream(config)

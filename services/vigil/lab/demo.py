@@ -119,14 +119,15 @@ class Probe:
         raise LabError(f"the client never saw {what} within {timeout:g}s")
 
 
-async def demo(lab: Lab, spec: ClusterSpec) -> None:
+async def demo(lab: Lab, spec: ClusterSpec, nats_servers: int = 3) -> None:
     group = spec.groups[0]
     victim = group.preferred
     print(
-        f"==> lab up: {len(spec.nodes)} nodes, {len(spec.groups)} groups "
+        f"==> lab up: {len(spec.nodes)} nodes, {len(spec.groups)} groups, "
+        f"{nats_servers} NATS server(s), 2 membership + 2 placement replicas "
         f"(watch along: vigil lab info; nats sub 'vigil.>')"
     )
-    state = await asyncio.to_thread(lab.up, spec)
+    state = await asyncio.to_thread(lab.up, spec, 60.0, nats_servers)
     print(f"    every group runs on its preferred node; client at {CLIENT_IP}")
     bus = await lab.connect(state, "demo")
     events: list[Event] = []
@@ -186,9 +187,9 @@ async def demo(lab: Lab, spec: ClusterSpec) -> None:
         await bus.close()
 
 
-def run_demo(lab: Lab, spec: ClusterSpec) -> int:
+def run_demo(lab: Lab, spec: ClusterSpec, nats_servers: int = 3) -> int:
     try:
-        asyncio.run(demo(lab, spec))
+        asyncio.run(demo(lab, spec, nats_servers))
     finally:
         lab.down()
         print(f"==> lab {lab.prefix} removed")

@@ -1,4 +1,4 @@
-"""The lab's one door: a TCP forwarder from 127.0.0.1 on the host to NATS inside the bus.
+"""The lab's doors: a TCP forwarder from 127.0.0.1 on the host to each NATS server in the bus.
 
 It binds its listening socket in the host namespace, then moves itself into the bus namespace,
 so every connection it makes to NATS starts from inside the lab: no route, no host address.
@@ -42,21 +42,30 @@ async def serve(listener: socket.socket, host: str, port: int) -> None:
         await server.serve_forever()
 
 
+async def serve_all(doors: list[tuple[socket.socket, str, int]]) -> None:
+    async with asyncio.TaskGroup() as tg:
+        for listener, host, port in doors:
+            tg.create_task(serve(listener, host, port), name=f"door to {host}:{port}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ns", required=True)
-    parser.add_argument("--listen-port", type=int, required=True)
-    parser.add_argument("--to", required=True, help="HOST:PORT inside the namespace")
+    parser.add_argument("doors", nargs="+", metavar="PORT=HOST:PORT", help="host port=lab target")
     args = parser.parse_args(argv)
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", args.listen_port))
-    listener.listen(128)
-    listener.setblocking(False)
-    enter(args.ns)
-    host, _, port = args.to.rpartition(":")
+    doors = []
+    for door in args.doors:
+        listen, _, to = door.partition("=")
+        host, _, port = to.rpartition(":")
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", int(listen)))
+        listener.listen(128)
+        listener.setblocking(False)
+        doors.append((listener, host, int(port)))
+    enter(args.ns)  # every listener is bound on the host already
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(listener, host, int(port)))
+        asyncio.run(serve_all(doors))
     return 0
 
 
