@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -40,6 +40,9 @@ from vigil.testing.probe import Probe
 from vigil.testing.procs import alive, cmdline, process_group, run
 from vigil.testing.waiting import wait_until
 from vigil.wire.cluster import ClusterSpec
+from vigil.wire.events import Event, ServiceUp
+
+E = TypeVar("E", bound=Event)
 
 VIGIL = str(Path(sys.executable).parent / "vigil")  # the console script of this environment
 
@@ -60,8 +63,10 @@ __all__ = [
     "cmdline",
     "group_of",
     "in_netns",
+    "latest",
     "process_group",
     "run",
+    "settle",
     "wait_until",
 ]
 
@@ -177,8 +182,10 @@ class BehLab:
     events: Recorder
     bus: BusThread
     tmp: Path
-    story: dict[str, Any] = field(default_factory=dict)
     observers: list[Any] = field(default_factory=list)
+    # where the events of the services' current placement begin: the last time ``settle`` had
+    # to restart the groups behind them (0: they are as the lab started them)
+    services_began: int = 0
 
     @property
     def url(self) -> str:
@@ -415,3 +422,106 @@ def behaviour_lab(
             assert not lab_dir(prefix.name).exists(), f"{lab_dir(prefix.name)} left behind"
         else:
             print(f"\nlab {prefix.name}: logs kept in {lab_dir(prefix.name)} ({failed} failed)")
+
+
+# -- back to the start: what lets each test of a class run alone, in any order --------------------
+class Operated(Protocol):
+    """A lab the operator's commands reach: ``BehLab`` and test_supervision's ``SupLab``."""
+
+    lab: Lab
+    events: Recorder
+
+    @property
+    def url(self) -> str: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def vigil(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
+
+
+def latest(events: Recorder, kind: type[E], **fields: Any) -> tuple[Seen, E]:
+    """The newest recorded event of ``kind`` with ``fields``, like ``Recorder.wait`` (a lab
+    serves many tests: the first one is history)."""
+    found = events.select(kind, **fields)
+    assert found, f"no {kind.__name__} {fields} recorded"
+    event = found[-1].event
+    assert isinstance(event, kind)
+    return found[-1], event
+
+
+def _read(lab: Operated, ok: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> None:
+    last: list[Any] = [None]
+
+    def check() -> bool:
+        view = lab.status()
+        last[0] = view
+        return not misread(view) and ok(view)
+
+    wait_until(check, timeout, lambda: f"{what}; status: {last[0]}", interval=0.1)
+
+
+def _home(g: dict[str, Any]) -> bool:
+    return bool(
+        g["node"] == g["preferred"] and g["mode"] == "normal" and g["switching"] == "enabled"
+    )
+
+
+def at_once(lab: Operated, verb: str, groups: list[str]) -> None:
+    """``vigil VERB GROUP`` for every group at once (each CLI call takes a while on a busy
+    machine; one after the other, the first groups would serve long before the last is placed)."""
+    calls = [
+        (
+            name,
+            subprocess.Popen(
+                [VIGIL, verb, name, "--nats", lab.url],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for name in groups
+    ]
+    for name, call in calls:
+        _, err = call.communicate(timeout=60)
+        assert call.returncode == 0, f"vigil {verb} {name}: {err.strip()}"
+
+
+def settle(lab: Operated, timeout: float = 60.0, cycle: list[str] | None = None) -> int:
+    """Bring a lab back to its start: every node up, every group ``normal`` on its preferred node
+    with switching enabled and its app serving. Dead nodes are revived; a group away from home
+    is enabled (its bans forgotten); those and the groups named in ``cycle`` are halted
+    together and run again together on their preferred nodes; then each of them has said
+    ``service_up`` there. Returns the position of the events from which they run again (or the
+    current position, when nothing was restarted)."""
+    view: list[dict[str, Any]] = []
+
+    def seen(v: dict[str, Any]) -> bool:
+        view[:] = [v]
+        return True
+
+    _read(lab, seen, timeout, "a readable status")
+    down = [n["name"] for n in view[0]["nodes"] if n["state"] != "up"]
+    for node in down:
+        lab.lab.revive(node)
+    _read(lab, lambda v: all(n["state"] == "up" for n in v["nodes"]), timeout, "every node up")
+    _read(lab, seen, timeout, "a readable status")
+    astray = [g["name"] for g in view[0]["groups"] if not _home(g)]
+    away = [*(cycle or []), *(n for n in astray if n not in (cycle or []))]
+    mark = lab.events.mark()
+    if away:
+        # (not a group at home: enable gives a running group a new epoch, its app restarts)
+        at_once(lab, "enable", astray)
+        at_once(lab, "halt", away)
+        _read(
+            lab,
+            lambda v: all(group_of(v, n)["node"] is None for n in away),
+            timeout,
+            f"{away} halted",
+        )
+        mark = lab.events.mark()
+        at_once(lab, "run", away)  # as at the lab's start: placed together
+        preferred = {g["name"]: g["preferred"] for g in view[0]["groups"]}
+        for name in away:
+            lab.events.wait(ServiceUp, timeout, mark, group=name, node=preferred[name])
+    _read(lab, lambda v: all(_home(g) for g in v["groups"]), timeout, "every group home")
+    return mark
