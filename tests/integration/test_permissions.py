@@ -333,12 +333,12 @@ async def test_membership_and_placement_work_with_their_own_credentials(server: 
         for n, h in hearts.items():
             h.beating.add(n)
             tasks.append(asyncio.create_task(h.run(), name=f"hearts-{n}"))
-        await rec.wait(of(NodeJoined, node="n1"))
-        await rec.wait(of(NodeJoined, node="n2"))
-        await rec.wait(of(PlacementDecided, group="chain", node="n1"))
+        await rec.expect(of(NodeJoined, node="n1"))
+        await rec.expect(of(NodeJoined, node="n2"))
+        await rec.expect(of(PlacementDecided, group="chain", node="n1"))
         hearts["n1"].beating.clear()
-        await rec.wait(of(NodeLost, node="n1"))
-        moved = await rec.wait(of(PlacementDecided, group="chain", node="n2"))
+        await rec.expect(of(NodeLost, node="n1"))
+        moved = await rec.expect(of(PlacementDecided, group="chain", node="n2"))
         assert moved.previous == "n1"
         assert [bus.denied for bus in everyone] == [[] for _ in everyone]
     finally:
