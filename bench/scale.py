@@ -69,7 +69,7 @@ def scale_spec(nodes: int, groups: int, layout: str, timing: Timing) -> ClusterS
                 "app": {"command": "true"},
             }
         )
-    return load_data(
+    return load_data(  # no payload limit here: run() raises the server's when it must
         {
             "cluster": {
                 "name": "scale",
@@ -77,7 +77,8 @@ def scale_spec(nodes: int, groups: int, layout: str, timing: Timing) -> ClusterS
             },
             "nodes": [{"name": n} for n in names],
             "groups": out,
-        }
+        },
+        max_payload=None,
     )
 
 

@@ -20,6 +20,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from vigil.core.bus import Bus
+from vigil.core.credentials import Credentials
 from vigil.core.endpoints import Endpoint, endpoints
 from vigil.core.subjects import Subjects
 from vigil.wire.events import AnyEvent, ServiceDown, ServiceUp
@@ -30,7 +31,17 @@ _DECODE = msgspec.json.Decoder(AnyEvent)
 
 
 class ServiceClient:
-    def __init__(self, urls: list[str], service: str, *, root: str = "vigil") -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        service: str,
+        *,
+        root: str = "vigil",
+        credentials: Credentials | None = None,
+    ) -> None:
+        """``credentials``: e.g. ``Credentials(Path("reader.nk"), Path("ca.pem"))``; by default
+        ``VIGIL_CREDS`` / ``VIGIL_TLS_CA``, or none."""
+        self.credentials = credentials
         self.urls = urls
         self.service = service
         self.subjects = Subjects(root)
@@ -49,7 +60,9 @@ class ServiceClient:
         await self.aclose()
 
     async def start(self) -> None:
-        self._bus = await Bus.connect(self.urls, self.subjects, "client", persistent=True)
+        self._bus = await Bus.connect(
+            self.urls, self.subjects, "client", persistent=True, credentials=self.credentials
+        )
         for what in ("up", "down"):
             await self._bus.nc.subscribe(
                 self.subjects.service_events(self.service, what), cb=self._on_event

@@ -309,6 +309,7 @@ async def test_a_node_cannot_forge_heartbeats_through_a_consumer(buses: dict[str
 async def test_membership_and_placement_work_with_their_own_credentials(server: Server) -> None:
     """The real services on a secured bus, each with only its role's permissions: nodes join,
     a group is placed, a node is lost and the group moves. Nothing they do is refused."""
+    from vigil.client import ServiceClient
     from vigil.core.clusterconfig import store
     from vigil.membership.service import Membership
     from vigil.placement.service import PlacementService
@@ -341,6 +342,12 @@ async def test_membership_and_placement_work_with_their_own_credentials(server: 
         moved = await rec.expect(of(PlacementDecided, group="chain", node="n2"))
         assert moved.previous == "n1"
         assert [bus.denied for bus in everyone] == [[] for _ in everyone]
+        # an application following the group's service with the reader's credentials
+        creds = Credentials(server.bundle.creds("reader"), server.bundle.ca)
+        async with ServiceClient([server.url], "chain", root=S.root, credentials=creds) as app:
+            assert app._bus is not None
+            await app._bus.nc.flush()
+            assert app._bus.denied == []
     finally:
         for task in tasks:
             task.cancel()

@@ -315,8 +315,9 @@ class Bus:
 
 # Byte limits on what the bus stores, so a flood cannot fill the servers' disks. Buckets have
 # no age limit: their records are the cluster's state, not history.
-MAX_RECORD = 1024 * 1024  # the cluster file is the largest record (config.MAX_PAYLOAD)
-BUCKET_BYTES = 64 * 1024 * 1024
+# A full bucket refuses new writes (KV discards new), so the bound is generous: it stops a
+# flood of keys from filling the disk long before Vigil's own state could reach it.
+BUCKET_BYTES = 1024 * 1024 * 1024
 MAX_EVENT = 64 * 1024  # events are a few hundred bytes; larger is garbage, refused by the stream
 STREAM_BYTES = 256 * 1024 * 1024  # with max_age (7 days): the oldest history goes first
 
@@ -361,7 +362,7 @@ async def _open_kv(bus: Bus, bucket: str, history: int, copies: int | None) -> K
                     history=history,
                     storage=StorageType.FILE,
                     replicas=copies or replicas(),
-                    max_value_size=MAX_RECORD,
+                    max_value_size=bus.nc.max_payload,  # the largest message it could take
                     max_bytes=BUCKET_BYTES,
                 )
             )

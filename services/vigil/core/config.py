@@ -74,7 +74,9 @@ def load_text(text: str | bytes) -> ClusterSpec:
     return load_data(raw)
 
 
-def load_data(raw: Any) -> ClusterSpec:
+def load_data(raw: Any, *, max_payload: int | None = MAX_PAYLOAD) -> ClusterSpec:
+    """``max_payload``: the largest encoded file the bus carries (None: checked by the caller
+    against a server configured for more, as ``apply`` does with the server's own limit)."""
     if not isinstance(raw, dict):
         raise ConfigError("", "the cluster file must be a mapping with cluster, nodes and groups")
     _normalise_durations(raw)
@@ -84,8 +86,8 @@ def load_data(raw: Any) -> ClusterSpec:
         raise _from_msgspec(exc) from None
     validate(spec)
     size = len(encode(spec))
-    if size > MAX_PAYLOAD:
-        raise ConfigError("", f"{size} bytes once encoded; the bus holds at most {MAX_PAYLOAD}")
+    if max_payload is not None and size > max_payload:
+        raise ConfigError("", f"{size} bytes once encoded; the bus holds at most {max_payload}")
     return spec
 
 
