@@ -201,6 +201,7 @@ class Outcome:
     converged_s: float | None = None  # after the last heal
     stuck: str = ""  # what was still wrong when we gave up
     error: str = ""
+    t0: float = 0.0  # wall-clock start of the schedule, to place the overlaps on its timeline
 
 
 class Chaos:
@@ -258,6 +259,7 @@ class Chaos:
         out = Outcome(seed, schedule(seed, self.state.nodes))
         first = len(checker.overlaps)
         t0 = time.monotonic()
+        out.t0 = time.time()
         events = sorted(
             [(f.start, 0, f) for f in out.faults]
             + [(f.start + f.length, 1, f) for f in out.faults],
@@ -377,7 +379,10 @@ def report(outcomes: list[Outcome], seed: int, converge: float, macs: dict[str, 
         if o.overlaps:
             first = o.overlaps[0]
             names = [macs.get(m, m) for m in first.macs]
-            what.append(f"{len(o.overlaps)} overlapping rounds (first: {first.vip} by {names})")
+            what.append(
+                f"{len(o.overlaps)} overlapping rounds (first: {first.vip} by {names} at "
+                f"+{first.t - o.t0:.2f}s)"
+            )
         if o in late:
             took = "never (30 s)" if o.converged_s is None else f"in {o.converged_s:.1f} s"
             what.append(f"converged {took}" + (f", last wrong: {o.stuck}" if o.stuck else ""))
