@@ -21,12 +21,13 @@ from vigil.wire.events import (
 from vigil.wire.records import AddressStatus, AppStatus, Placement
 
 from ..core.bus import Bus, all_records, encode, get_record, kv
-from ..core.reconciler import Reconciler, note_placement
+from ..core.errors import Conflict
+from ..core.reconciler import Reconciler, group_of, note_placement
 from ..core.subjects import address_key, app_key
 from .fence import Fence
 from .garp import GarpDropped, send_gratuitous_arp
 from .netlink import Netlink
-from .plan import Acquire, Release, Want, plan
+from .plan import Acquire, Action, Release, Want, plan
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class AddressService(Reconciler):
         self.fence_expiry = 0.0  # monotonic time our current lease lapses
         self.fence: Fence | None = None
         self.netlink: Netlink | None = None
+        self.actions: dict[str, list[Action]] = {}  # the current batch's plan, by group
 
     # -- set-up --------------------------------------------------------------------------------
     def ifname(self, spec: ClusterSpec) -> str:
@@ -84,8 +86,8 @@ class AddressService(Reconciler):
             if status.held:
                 self.remembered[IPv4Interface(status.address)] = status.group
         self.placement_bucket = await kv(self.bus, s.bucket_placement)
-        self.placements = self.cache(self.placement_bucket, Placement)
-        self.apps = self.cache(observed, AppStatus, keys=f"app.{self.node}.>")
+        self.placements = self.cache(self.placement_bucket, Placement, key_of=str)
+        self.apps = self.cache(observed, AppStatus, keys=f"app.{self.node}.>", key_of=group_of)
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
         for what in ("stopped", "failed", "stop_failed"):
             await self.bus.subscribe(
@@ -136,7 +138,7 @@ class AddressService(Reconciler):
                 self.fence_expiry = expiry
                 if self.retry_after_heartbeat:
                     self.retry_after_heartbeat = False
-                    self.dirty.set()
+                    self.mark_all()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -179,22 +181,26 @@ class AddressService(Reconciler):
         for address in await asyncio.to_thread(netlink.addresses) & managed.keys():
             await asyncio.to_thread(netlink.remove, address)
         self.held.clear()
-        self.dirty.set()
+        self.mark_all()
 
     # -- edge triggers -------------------------------------------------------------------------
     async def on_placement(self, event: PlacementDecided) -> None:
         if note_placement(self.placements, event):
-            self.dirty.set()
+            self.mark(event.group)
 
     async def on_app(self, event: AppStopped | AppFailed | AppStopFailed) -> None:
         key = app_key(self.node, event.group)
         self.apps.note(
             key, self.apps.revision(key) or 0, AppStatus(event.group, self.node, False, event.epoch)
         )
-        self.dirty.set()
+        self.mark(event.group)
 
     # -- reconcile -----------------------------------------------------------------------------
-    async def reconcile(self) -> None:
+    def keys(self) -> set[str]:
+        return super().keys() | set(self.managed().values())
+
+    async def prepare(self) -> None:
+        """One plan for the batch, from one read of the interface's addresses."""
         spec = self.config.spec
         assert spec is not None and self.netlink is not None
         groups = {g.name: g for g in spec.groups}
@@ -211,7 +217,12 @@ class AddressService(Reconciler):
             if not any(managed.get(a) == group for a in actual):
                 del self.held[group]
         moving = {p.group for p in self.placements.values().values() if p.moving_to is not None}
+        self.actions = {}
         for action in plan(desired, managed, actual, self.held, running, moving):
+            self.actions.setdefault(action.group, []).append(action)
+
+    async def reconcile_key(self, key: str) -> None:
+        for action in self.actions.pop(key, []):
             if isinstance(action, Release):
                 await self.release(action)
             else:
@@ -228,8 +239,10 @@ class AddressService(Reconciler):
         fresh = await get_record(self.placement_bucket, action.group, Placement)
         if fresh is None or fresh.node != self.node or fresh.epoch != action.epoch:
             log.info("not acquiring %s: placement moved on (%s)", action.group, fresh)
-            self.dirty.set()
-            return
+            if fresh is not None:
+                revision = (await self.placement_bucket.get(action.group)).revision or 0
+                self.placements.note(action.group, revision, fresh)
+            raise Conflict(f"placement of {action.group} moved on")
         self.held[action.group] = action.epoch
         self.remembered[action.address] = action.group
         # Lease first, then the address: the address must answer the moment it exists.

@@ -173,36 +173,35 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
 
 def decide(snap: Snapshot) -> list[Placement]:
     """New placements (each with its epoch + 1) for every group whose placement must change."""
-    out: list[Placement] = []
-    for group in snap.spec.groups:
-        change = decide_group(group, snap)
-        if change is None:
-            continue
-        cur = snap.current.get(group.name)
-        if cur is None:
-            out.append(
-                Placement(group.name, change.node, 1, change.reason, moving_to=change.moving_to)
-            )
-            continue
-        if cur.node == change.node and change.switchover_id is None and change.enable_id is None:
-            continue
-        out.append(
-            msgspec.structs.replace(
-                cur,
-                node=change.node,
-                epoch=cur.epoch + 1,
-                reason=change.reason,
-                moving_to=change.moving_to,
-                switchover_id=(
-                    change.switchover_id if change.switchover_id is not None else cur.switchover_id
-                ),
-                switching=change.switching if change.switching is not None else cur.switching,
-                enable_id=change.enable_id if change.enable_id is not None else cur.enable_id,
-                banned={} if change.enable_id is not None else cur.banned,
-            )
-        )
-    names = {g.name for g in snap.spec.groups}
-    for name, cur in sorted(snap.current.items()):
-        if name not in names and cur.node is not None:
-            out.append(Placement(name, None, cur.epoch + 1, "group removed from the cluster file"))
-    return out
+    names = {g.name for g in snap.spec.groups} | set(snap.current)
+    return [p for name in sorted(names) if (p := decide_one(snap, name)) is not None]
+
+
+def decide_one(snap: Snapshot, name: str) -> Placement | None:
+    """The new placement of group ``name`` (in the file or only in the bucket), or None."""
+    cur = snap.current.get(name)
+    group = snap.spec.group(name)
+    if group is None:  # left the cluster file: release it, once
+        if cur is None or cur.node is None:
+            return None
+        return Placement(name, None, cur.epoch + 1, "group removed from the cluster file")
+    change = decide_group(group, snap)
+    if change is None:
+        return None
+    if cur is None:
+        return Placement(group.name, change.node, 1, change.reason, moving_to=change.moving_to)
+    if cur.node == change.node and change.switchover_id is None and change.enable_id is None:
+        return None
+    return msgspec.structs.replace(
+        cur,
+        node=change.node,
+        epoch=cur.epoch + 1,
+        reason=change.reason,
+        moving_to=change.moving_to,
+        switchover_id=(
+            change.switchover_id if change.switchover_id is not None else cur.switchover_id
+        ),
+        switching=change.switching if change.switching is not None else cur.switching,
+        enable_id=change.enable_id if change.enable_id is not None else cur.enable_id,
+        banned={} if change.enable_id is not None else cur.banned,
+    )

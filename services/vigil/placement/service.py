@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import msgspec
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from vigil.wire.events import (
@@ -37,10 +38,11 @@ from vigil.wire.records import (
 )
 
 from ..core.bus import Bus, encode, ensure_stream, get_record, kv
-from ..core.reconciler import Reconciler
+from ..core.errors import Conflict
+from ..core.reconciler import Reconciler, group_of
 from ..core.subjects import address_key
 from .offering import members
-from .rules import Snapshot, decide
+from .rules import Snapshot, decide_one
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +78,25 @@ async def run_alert(command: str, kind: str, group: str, node: str | None, messa
 
 
 class PlacementService(Reconciler):
+    window = COMMIT_WINDOW  # groups are independent: their writes go out together
+
     def __init__(self, bus: Bus) -> None:
         super().__init__(bus)
         self.started = time.monotonic()
+        self.snap: Snapshot | None = None
 
     async def run(self) -> None:
         s = self.bus.subjects
         await ensure_stream(self.bus)
         self.placement_bucket: KeyValue = await kv(self.bus, s.bucket_placement)
         self.nodes = self.cache(await kv(self.bus, s.bucket_nodes), NodeRecord)
-        self.placements = self.cache(self.placement_bucket, Placement)
+        self.placements = self.cache(self.placement_bucket, Placement, key_of=str)
         observed = await kv(self.bus, s.bucket_observed)
-        self.addresses = self.cache(observed, AddressStatus, keys="address.>")
-        self.apps = self.cache(observed, AppStatus, keys="app.>")
+        self.addresses = self.cache(observed, AddressStatus, keys="address.>", key_of=group_of)
+        self.apps = self.cache(observed, AppStatus, keys="app.>", key_of=group_of)
         self.services_bucket = await kv(self.bus, s.bucket_services)
-        self.services = self.cache(self.services_bucket, ServiceRecord)
-        self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent)
+        self.services = self.cache(self.services_bucket, ServiceRecord, key_of=lambda _: "")
+        self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent, key_of=str)
         await self.bus.subscribe(s.all_node_events, (NodeJoined, NodeLost), self.on_node)
         await self.bus.subscribe(
             s.all_address_events(), (AddressAcquired, AddressReleased), self.on_address
@@ -120,14 +125,14 @@ class PlacementService(Reconciler):
             return
         rev = self.nodes.revision(event.node) or 0
         self.nodes.note(event.node, rev, NodeRecord(name=event.node, state=state, since=event.ts))
-        self.dirty.set()
+        self.mark_all()
 
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
         key = address_key(event.node, event.group)
         held = isinstance(event, AddressAcquired)
         status = AddressStatus(event.group, event.node, event.address, held, event.epoch)
         self.addresses.note(key, self.addresses.revision(key) or 0, status)
-        self.dirty.set()
+        self.mark(event.group)
 
     async def on_app(self, event: AppFailed | AppStopFailed | AppStopped) -> None:
         """Remember where a group failed for good (a ban until its failure timeout) and where
@@ -164,7 +169,7 @@ class PlacementService(Reconciler):
                     msgspec.structs.replace(p, blocked_by=None) if p.blocked_by == node else p
                 ),
             )
-        self.dirty.set()
+        self.mark(event.group)
 
     async def amend(self, group: str, change: Callable[[Placement], Placement]) -> None:
         """Change a group's record without a new decision (same epoch), compare-and-set."""
@@ -212,20 +217,21 @@ class PlacementService(Reconciler):
             },
         )
 
-    async def reconcile(self) -> None:
-        snap = self.snapshot()
-        if snap is None:
+    def keys(self) -> set[str]:
+        return super().keys() | set(self.placements.values())
+
+    async def prepare(self) -> None:
+        self.snap = self.snapshot()
+
+    async def reconcile_key(self, key: str) -> None:
+        snap = self.snap
+        if snap is None or key == "":
             return
-        decisions = decide(snap)
-        # Groups are independent: their compare-and-set writes go out together (pipelined on
-        # the one connection), so a node with a thousand groups moves in a few round trips.
-        window = asyncio.Semaphore(COMMIT_WINDOW)
+        decision = decide_one(snap, key)
+        if decision is not None:
+            await self.commit(decision, snap.current.get(key))
 
-        async def commit(decision: Placement) -> None:
-            async with window:
-                await self.commit(decision, snap.current.get(decision.group))
-
-        await asyncio.gather(*(commit(d) for d in decisions))
+    async def after_batch(self) -> None:
         await self.reconcile_services()
 
     async def reconcile_services(self) -> None:
@@ -304,9 +310,9 @@ class PlacementService(Reconciler):
             else:
                 last = self.placements.revision(key) or 0
                 revision = await self.placement_bucket.update(key, encode(decision), last=last)
-        except Exception as exc:
-            log.info("placement of %s changed under us (%s); will re-read", key, exc)
-            return
+        except KeyWrongLastSequenceError as exc:
+            await self.reread(key)
+            raise Conflict(f"placement of {key} changed under us") from exc
         self.placements.note(key, revision, decision)
         log.info(
             "group %s -> %s (epoch %d): %s", key, decision.node, decision.epoch, decision.reason
@@ -329,6 +335,13 @@ class PlacementService(Reconciler):
                 await self.down_for_the_dead(key, key, decision.epoch)
         if previous is not None and previous.switching and not decision.switching:
             await self.switching_disabled(decision)
+
+    async def reread(self, key: str) -> None:
+        """After a lost compare-and-set: take the winner's record into the cache at once."""
+        entry = await self.placement_bucket.get(key)
+        if entry.value and entry.revision:
+            record = msgspec.json.decode(entry.value, type=Placement)
+            self.placements.note(key, entry.revision, record)
 
     async def switching_disabled(self, decision: Placement) -> None:
         """Announce it once (only the replica whose write won gets here) and run the alert."""
