@@ -109,10 +109,6 @@ class Subjects:
     def intent(self, group: str) -> str:
         return f"{self.root}.intent.{group}"
 
-    @property
-    def all_intents(self) -> str:
-        return f"{self.root}.intent.*"
-
 
 CONFIG_KEY = "cluster"
 
