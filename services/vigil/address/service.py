@@ -22,7 +22,7 @@ from vigil.wire.records import AddressStatus, AppStatus, Placement
 
 from ..core.bus import Bus, all_records, encode, get_record, kv
 from ..core.errors import Conflict
-from ..core.reconciler import Reconciler, group_of, note_placement
+from ..core.reconciler import Reconciler, group_of
 from ..core.subjects import address_key, app_key
 from .fence import Fence
 from .garp import GarpDropped, send_gratuitous_arp
@@ -53,6 +53,7 @@ class AddressService(Reconciler):
         self.fence: Fence | None = None
         self.netlink: Netlink | None = None
         self.actions: dict[str, list[Action]] = {}  # the current batch's plan, by group
+        self.actual: set[IPv4Interface] = set()  # the interface's addresses, read for the batch
 
     # -- set-up --------------------------------------------------------------------------------
     def ifname(self, spec: ClusterSpec) -> str:
@@ -88,6 +89,10 @@ class AddressService(Reconciler):
         self.placement_bucket = await kv(self.bus, s.bucket_placement)
         self.placements = self.cache(self.placement_bucket, Placement, key_of=str)
         self.apps = self.cache(observed, AppStatus, keys=f"app.{self.node}.>", key_of=group_of)
+        # what we last recorded: repaired when it disagrees with what we hold
+        self.mine = self.cache(
+            observed, AddressStatus, keys=f"address.{self.node}.>", key_of=group_of
+        )
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
         for what in ("stopped", "failed", "stop_failed"):
             await self.bus.subscribe(
@@ -185,14 +190,17 @@ class AddressService(Reconciler):
 
     # -- edge triggers -------------------------------------------------------------------------
     async def on_placement(self, event: PlacementDecided) -> None:
-        if note_placement(self.placements, event):
-            self.mark(event.group)
+        """A hint: re-read the decision from the bucket when it may concern us, then act on
+        what the bucket says (a stray message with a big epoch changes nothing)."""
+        cached = self.placements.get(event.group)
+        if self.node in (event.node, event.previous, event.moving_to) or (
+            cached is not None and cached.node == self.node
+        ):
+            await self.placements.reread(event.group)
+        self.mark(event.group)
 
     async def on_app(self, event: AppStopped | AppFailed | AppStopFailed) -> None:
-        key = app_key(self.node, event.group)
-        self.apps.note(
-            key, self.apps.revision(key) or 0, AppStatus(event.group, self.node, False, event.epoch)
-        )
+        await self.apps.reread(app_key(self.node, event.group))
         self.mark(event.group)
 
     # -- reconcile -----------------------------------------------------------------------------
@@ -210,7 +218,7 @@ class AddressService(Reconciler):
             if p.node == self.node and p.group in groups
         }
         running = {a.group for a in self.apps.values().values() if a.running}
-        actual = await asyncio.to_thread(self.netlink.addresses)
+        actual = self.actual = await asyncio.to_thread(self.netlink.addresses)
         # Forget holdings whose address vanished (removed by hand, or by the kernel).
         managed = self.managed()
         for group in list(self.held):
@@ -227,6 +235,32 @@ class AddressService(Reconciler):
                 await self.release(action)
             else:
                 await self.acquire(action)
+        await self.repair_record(key)
+
+    async def repair_record(self, group: str) -> None:
+        """The observed record must say what we hold: an address dropped at a lease lapse (or
+        removed by hand) is recorded released, else placement waits for it forever; a record
+        that does not decode is rewritten."""
+        key = address_key(self.node, group)
+        status = self.mine.get(key)
+        if key in self.mine.unreadable and status is None:
+            address = next((a for a, g in self.managed().items() if g == group), None)
+            if address is not None:
+                log.warning("rewriting the unreadable record %s", key)
+                await self.announce(
+                    group, address, self.held.get(group, 0), held=group in self.held
+                )
+            return
+        if (
+            status is not None
+            and status.held
+            and group not in self.held
+            and IPv4Interface(status.address) not in self.actual
+        ):
+            log.warning("%s: recorded held, but not held here: recording it released", group)
+            placement = self.placements.get(group)
+            epoch = max(status.epoch, placement.epoch if placement else 0)
+            await self.announce(group, IPv4Interface(status.address), epoch, held=False)
 
     async def acquire(self, action: Acquire) -> None:
         assert self.netlink is not None and self.fence is not None
@@ -289,13 +323,16 @@ class AddressService(Reconciler):
         )
 
     async def announce(self, group: str, address: IPv4Interface, epoch: int, *, held: bool) -> None:
+        """Record it, then say it: a handler that re-reads the record on the event sees it."""
         s = self.bus.subjects
         kind = AddressAcquired if held else AddressReleased
+        status = AddressStatus(group, self.node, str(address), held, epoch)
+        key = address_key(self.node, group)
+        revision = await self.observed.put(key, encode(status))
+        self.mine.note(key, revision, status)
         await self.bus.publish(
             s.address(self.node, group, "acquired" if held else "released"),
             kind(
                 **self.bus.stamp(), group=group, node=self.node, address=str(address), epoch=epoch
             ),
         )
-        status = AddressStatus(group, self.node, str(address), held, epoch)
-        await self.observed.put(address_key(self.node, group), encode(status))

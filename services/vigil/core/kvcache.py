@@ -1,7 +1,11 @@
 """A live, local copy of a key-value bucket, kept fresh by a watch (level-triggered state).
 
 Handlers read the cache instead of the bus, so a reconcile is a pure function over local data.
-Unreadable records are logged and skipped, never passed on.
+Unreadable records are logged and skipped, never passed on; their keys and revisions are kept in
+``unreadable`` so the record's owner can rewrite them (with a compare-and-set).
+
+Events are hints: a handler that acts on one calls ``reread(key)`` first, so the cache holds
+what the bucket says, never what a message claimed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import msgspec
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ class KVCache(Generic[T]):
         self.keys = keys
         self.on_change = on_change
         self.entries: dict[str, tuple[int, T]] = {}
+        self.unreadable: dict[str, int] = {}  # key -> revision of a record that did not decode
         self.ready = asyncio.Event()
         self._decoder = msgspec.json.Decoder(kind)
 
@@ -49,6 +55,28 @@ class KVCache(Generic[T]):
         """Record our own write (or an event) before the watch echoes it back."""
         if revision >= (self.revision(key) or 0):
             self.entries[key] = (revision, value)
+
+    async def reread(self, key: str) -> T | None:
+        """Read ``key`` from the bucket itself (not the watch) into the cache, and return it."""
+        try:
+            entry = await self.bucket.get(key)
+        except KeyNotFoundError:  # deleted and purged keys too
+            self.entries.pop(key, None)
+            return None
+        revision = entry.revision or 0
+        if not entry.value:
+            self.entries.pop(key, None)
+            return None
+        try:
+            value = self._decoder.decode(entry.value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.unreadable[key] = revision
+            self.entries.pop(key, None)
+            return None
+        self.unreadable.pop(key, None)
+        if revision >= (self.revision(key) or 0):
+            self.entries[key] = (revision, value)
+        return self.get(key)
 
     async def run(self) -> None:
         """Watch forever; restart the watch if it dies (reconnects, server restarts)."""
@@ -71,16 +99,22 @@ class KVCache(Generic[T]):
                 key, revision = entry.key, entry.revision or 0
                 if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                     self.entries.pop(key, None)
+                    self.unreadable.pop(key, None)
                 else:
                     try:
                         value = self._decoder.decode(entry.value)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         log.warning(
-                            "%s/%s: unreadable record dropped: %s", self.bucket._name, key, exc
+                            "%s/%s: unreadable record skipped: %s", self.bucket._name, key, exc
                         )
+                        self.entries.pop(key, None)
+                        self.unreadable[key] = revision
+                        if self.on_change is not None:
+                            self.on_change(key)
                         continue
                     if revision < (self.revision(key) or 0):
                         continue
+                    self.unreadable.pop(key, None)
                     self.entries[key] = (revision, value)
                 if self.on_change is not None:
                     self.on_change(key)

@@ -20,11 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import msgspec
 from nats.js.kv import KeyValue
 
-from vigil.wire.events import ConfigApplied, PlacementDecided
-from vigil.wire.records import Placement
+from vigil.wire.events import ConfigApplied
 
 from .bus import Bus
 from .clusterconfig import ConfigSource
@@ -186,25 +184,3 @@ class Reconciler:
 
     async def after_batch(self) -> None:
         """What spans keys, once the batch's keys are done."""
-
-
-def note_placement(cache: KVCache[Placement], event: PlacementDecided) -> bool:
-    """Take a decision into a node's local copy at once (the bucket's watch follows); False
-    for a stale or duplicate one."""
-    current = cache.get(event.group)
-    if current is not None and current.epoch >= event.epoch:
-        return False
-    if current is None:
-        placement = Placement(
-            event.group, event.node, event.epoch, event.reason, moving_to=event.moving_to
-        )
-    else:  # keep what the event does not carry (bans, switching) until the bucket's copy
-        placement = msgspec.structs.replace(
-            current,
-            node=event.node,
-            epoch=event.epoch,
-            reason=event.reason,
-            moving_to=event.moving_to,
-        )
-    cache.note(event.group, cache.revision(event.group) or 0, placement)
-    return True

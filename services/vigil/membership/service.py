@@ -133,8 +133,11 @@ class Membership:
             if entry is None or not entry.value:
                 await self.nodes.create(node, encode(record))
             else:
-                if msgspec.json.decode(entry.value, type=NodeRecord).state == state:
-                    return  # another replica already recorded it
+                try:
+                    if msgspec.json.decode(entry.value, type=NodeRecord).state == state:
+                        return  # another replica already recorded it
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.warning("node %s: unreadable record; rewriting it", node)
                 await self.nodes.update(node, encode(record), last=entry.revision)
         except Exception as exc:
             log.info("node %s -> %s recorded by another replica (%s)", node, state, exc)

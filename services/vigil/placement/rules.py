@@ -48,6 +48,9 @@ class Snapshot:
     now: float = 0.0  # unix time, for bans
     intents: Mapping[str, Intent] = dataclasses.field(default_factory=dict)
     up_since: Mapping[str, float] = dataclasses.field(default_factory=dict)  # unix time
+    # groups released (node None) whose address a live node still holds past the bound
+    release_overdue: Set[str] = frozenset()
+    release_bound: float = 0.0  # seconds, for the reason
 
 
 def next_node(sequence: list[str], after: str | None, ok: Callable[[str], bool]) -> str | None:
@@ -156,8 +159,19 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
         return landing(next_node(sequence, node, eligible), f"node {node} lost")
     if not switching:
         return None  # stays where it is (halted) until an operator enables switching
-    if snap.held_by.get(group.name):
-        return None  # released but still held by a live node: wait for its release
+    holders = snap.held_by.get(group.name)
+    if holders:
+        # Released but still held by a live node: wait for its release, within a bound. Past
+        # it, a holder that may run the group gets it back (it holds the address anyway).
+        if group.name not in snap.release_overdue:
+            return None
+        holder = next((n for n in sequence if n in holders and eligible(n)), None)
+        if holder is None:
+            return None
+        return holder, (
+            f"{holder} did not release the address within {snap.release_bound:g}s: "
+            f"placed back on {holder}"
+        )
     if cur is not None and cur.moving_to is not None and eligible(cur.moving_to):
         return cur.moving_to, "switchover"
     if eligible(group.preferred):
@@ -172,7 +186,7 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
 
 
 def decide(snap: Snapshot) -> list[Placement]:
-    """New placements (each with its epoch + 1) for every group whose placement must change."""
+    """New placements for every group whose placement must change (epoch + 1 when it moves)."""
     names = {g.name for g in snap.spec.groups} | set(snap.current)
     return [p for name in sorted(names) if (p := decide_one(snap, name)) is not None]
 
@@ -192,10 +206,13 @@ def decide_one(snap: Snapshot, name: str) -> Placement | None:
         return Placement(group.name, change.node, 1, change.reason, moving_to=change.moving_to)
     if cur.node == change.node and change.switchover_id is None and change.enable_id is None:
         return None
+    # A new epoch only when the group moves: an operator's enable or a refused switchover
+    # leaves it where it is, and its app running.
+    moved = (change.node, change.moving_to) != (cur.node, cur.moving_to)
     return msgspec.structs.replace(
         cur,
         node=change.node,
-        epoch=cur.epoch + 1,
+        epoch=cur.epoch + 1 if moved else cur.epoch,
         reason=change.reason,
         moving_to=change.moving_to,
         switchover_id=(

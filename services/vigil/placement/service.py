@@ -32,7 +32,6 @@ from vigil.wire.records import (
     AppStatus,
     Intent,
     NodeRecord,
-    NodeState,
     Placement,
     ServiceRecord,
 )
@@ -47,6 +46,13 @@ from .rules import Snapshot, decide_one
 log = logging.getLogger(__name__)
 
 COMMIT_WINDOW = 256  # placement writes in flight at once
+
+
+def release_bound(lease: float) -> float:
+    """How long a released group waits for a live node to let go of its address before it is
+    placed back on that node: long enough for the node's own repair, short of the 5 s in which
+    a cluster must converge after a fault heals."""
+    return max(2.0, 4 * lease)
 
 
 async def run_alert(command: str, kind: str, group: str, node: str | None, message: str) -> None:
@@ -84,6 +90,7 @@ class PlacementService(Reconciler):
         super().__init__(bus)
         self.started = time.monotonic()
         self.snap: Snapshot | None = None
+        self.waiting: dict[str, float] = {}  # group -> since when (monotonic) it waits
 
     async def run(self) -> None:
         s = self.bus.subjects
@@ -111,27 +118,13 @@ class PlacementService(Reconciler):
 
     # -- edge triggers: update the local view at once, then reconcile -------------------------
     async def on_node(self, event: NodeJoined | NodeLost) -> None:
-        state: NodeState = "lost" if isinstance(event, NodeLost) else "up"
-        cached = self.nodes.get(event.node)
-        if cached is not None and cached.state != state and event.ts < cached.since:
-            # Older than what the bucket says (a replica's late, buffered event): stale.
-            self.bus.drop(
-                self.bus.subjects.node_lost(event.node)
-                if state == "lost"
-                else self.bus.subjects.node_joined(event.node),
-                f"stale: node {event.node} {state} at {event.ts}, bucket says "
-                f"{cached.state} since {cached.since}",
-            )
-            return
-        rev = self.nodes.revision(event.node) or 0
-        self.nodes.note(event.node, rev, NodeRecord(name=event.node, state=state, since=event.ts))
+        """A hint: the node's record in the bucket says what holds (a replica's late event,
+        or a stray one, changes nothing)."""
+        await self.nodes.reread(event.node)
         self.mark_all()
 
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
-        key = address_key(event.node, event.group)
-        held = isinstance(event, AddressAcquired)
-        status = AddressStatus(event.group, event.node, event.address, held, event.epoch)
-        self.addresses.note(key, self.addresses.revision(key) or 0, status)
+        await self.addresses.reread(address_key(event.node, event.group))
         self.mark(event.group)
 
     async def on_app(self, event: AppFailed | AppStopFailed | AppStopped) -> None:
@@ -202,6 +195,12 @@ class PlacementService(Reconciler):
         for status in self.addresses.values().values():
             if status.held and status.node in up:
                 held.setdefault(status.group, set()).add(status.node)
+        # Released groups still held somewhere: how long they have waited for the release.
+        mono = time.monotonic()
+        current = self.placements.values()
+        waiting = {g for g, nodes in held.items() if nodes and (p := current.get(g)) and not p.node}
+        self.waiting = {g: self.waiting.get(g, mono) for g in waiting}
+        bound = release_bound(spec.cluster.timing.lease)
         # Settled once every node had a lease's worth of time (plus slack) to say hello.
         settle = 3 * spec.cluster.timing.lease
         return Snapshot(
@@ -215,6 +214,8 @@ class PlacementService(Reconciler):
             up_since={
                 n: r.since.timestamp() for n, r in self.nodes.values().items() if r.state == "up"
             },
+            release_overdue={g for g, t in self.waiting.items() if mono - t >= bound},
+            release_bound=bound,
         )
 
     def keys(self) -> set[str]:
@@ -305,7 +306,12 @@ class PlacementService(Reconciler):
         """Store with compare-and-set; publish only when this replica's write won."""
         key = decision.group
         try:
-            if previous is None:
+            if key in self.placements.unreadable and previous is None:
+                # a record that does not decode is ours to rewrite (compare-and-set on it)
+                log.warning("rewriting the unreadable placement record of %s", key)
+                last = self.placements.unreadable[key]
+                revision = await self.placement_bucket.update(key, encode(decision), last=last)
+            elif previous is None:
                 revision = await self.placement_bucket.create(key, encode(decision))
             else:
                 last = self.placements.revision(key) or 0
@@ -338,10 +344,7 @@ class PlacementService(Reconciler):
 
     async def reread(self, key: str) -> None:
         """After a lost compare-and-set: take the winner's record into the cache at once."""
-        entry = await self.placement_bucket.get(key)
-        if entry.value and entry.revision:
-            record = msgspec.json.decode(entry.value, type=Placement)
-            self.placements.note(key, entry.revision, record)
+        await self.placements.reread(key)
 
     async def switching_disabled(self, decision: Placement) -> None:
         """Announce it once (only the replica whose write won gets here) and run the alert."""

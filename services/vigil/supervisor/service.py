@@ -36,7 +36,7 @@ from vigil.wire.records import (
 )
 
 from ..core.bus import Bus, encode, kv
-from ..core.reconciler import Reconciler, group_of, note_placement
+from ..core.reconciler import Reconciler, group_of
 from ..core.subjects import address_key, app_key
 from .lifecycle import GroupRun
 from .restarts import RestartTracker
@@ -130,15 +130,18 @@ class Supervisor(Reconciler):
 
     # -- edge triggers -------------------------------------------------------------------------
     async def on_placement(self, event: PlacementDecided) -> None:
-        if note_placement(self.placements, event):
-            self.mark(event.group)
+        """A hint: re-read the decision when it may concern us; the bucket is the truth."""
+        cached = self.placements.get(event.group)
+        if self.node in (event.node, event.previous, event.moving_to) or (
+            cached is not None and cached.node == self.node
+        ):
+            await self.placements.reread(event.group)
+        self.mark(event.group)
 
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
-        key = address_key(self.node, event.group)
-        held = isinstance(event, AddressAcquired)
-        status = AddressStatus(event.group, self.node, event.address, held, event.epoch)
-        self.addresses.note(key, self.addresses.revision(key) or 0, status)
-        if not held and event.group in self.pending_down:
+        status = await self.addresses.reread(address_key(self.node, event.group))
+        held = status is not None and status.held
+        if isinstance(event, AddressReleased) and not held and event.group in self.pending_down:
             # Halt method, last step: the address is gone, so the service is down here.
             epoch = self.pending_down.pop(event.group)
             await self.service_down(event.group, epoch, self.down_reason.get(event.group, "user"))
