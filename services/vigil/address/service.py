@@ -7,6 +7,8 @@ import logging
 import time
 from ipaddress import IPv4Address, IPv4Interface
 
+import msgspec
+
 from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import (
     AddressAcquired,
@@ -16,12 +18,14 @@ from vigil.wire.events import (
     AppStopped,
     ConfigApplied,
     Heartbeat,
+    LeaseGranted,
     PlacementDecided,
 )
 from vigil.wire.records import AddressStatus, AppStatus, Placement
 
 from ..core.bus import Bus, all_records, encode, get_record, kv
 from ..core.errors import Conflict
+from ..core.lease import fence_ttl
 from ..core.reconciler import Reconciler, group_of
 from ..core.subjects import address_key, app_key
 from .fence import Fence
@@ -32,11 +36,7 @@ from .plan import Acquire, Action, Release, Want, plan
 log = logging.getLogger(__name__)
 
 
-def fence_ttl(heartbeat: float, lease: float) -> float:
-    """How long one renewal keeps our addresses answering. See docs/safety.md: the fence must
-    lapse before membership may declare us lost (lease), with a heartbeat of slack for the
-    round trip and another for clock drift and scheduling."""
-    return lease - 2 * heartbeat
+_GRANT = msgspec.json.Decoder(LeaseGranted)
 
 
 class AddressService(Reconciler):
@@ -50,6 +50,8 @@ class AddressService(Reconciler):
         self.remembered: dict[IPv4Interface, str] = {}
         self.retry_after_heartbeat = False
         self.fence_expiry = 0.0  # monotonic time our current lease lapses
+        self.incarnation = 0  # ours, as membership last granted it
+        self.missed = 0  # heartbeats in a row without a grant
         self.fence: Fence | None = None
         self.netlink: Netlink | None = None
         self.actions: dict[str, list[Action]] = {}  # the current batch's plan, by group
@@ -119,26 +121,39 @@ class AddressService(Reconciler):
 
     # -- the lease -----------------------------------------------------------------------------
     async def heartbeat_loop(self) -> None:
-        """Say we are alive; once the server has it (flush), extend the kernel fence."""
+        """Ask membership for a lease; only its answer extends the kernel fence (the server
+        merely accepting the heartbeat does not: docs/safety.md)."""
         assert self.fence is not None
         while True:
             heartbeat, lease = self.timing()
             ttl = fence_ttl(heartbeat, lease)
             started = time.monotonic()
             try:
-                await self.bus.nc.publish(
+                reply = await self.bus.nc.request(
                     self.bus.subjects.heartbeat(self.node),
                     encode(Heartbeat(**self.bus.stamp(), node=self.node)),
+                    timeout=max(heartbeat, 0.05),
                 )
-                if not await self.bus.round_trip(max(heartbeat, 0.05)):
-                    raise TimeoutError(f"no answer from the server within {heartbeat:g}s")
+                grant = _GRANT.decode(reply.data)
+                if grant.node != self.node:
+                    raise ValueError(f"a lease for {grant.node!r} answered our heartbeat")
                 # A lease may only be extended while it still holds: once it lapsed (we were
                 # frozen, or cut off) the cluster may have moved our groups, so let go first.
                 if self.held and time.monotonic() >= self.fence_expiry:
                     await self.drop_all("lease lapsed")
-                # The lease counts from when the heartbeat left, not from now: a slow flush or
-                # a slow nft must shorten the fence, never stretch it (docs/safety.md).
-                expiry = started + ttl
+                if grant.incarnation != self.incarnation:
+                    # Declared lost meanwhile (and rejoined): what we held is no longer ours,
+                    # and we take nothing until placement gives it to this incarnation.
+                    if self.held:
+                        await self.drop_all(
+                            f"membership declared {self.node} lost; now incarnation "
+                            f"{grant.incarnation}"
+                        )
+                    self.incarnation = grant.incarnation
+                    self.mark_all()
+                # The lease counts from when the heartbeat left, not from now: a slow answer
+                # or a slow nft must shorten the fence, never stretch it (docs/safety.md).
+                expiry = started + min(ttl, grant.ttl)
                 await self.renew_fence(expiry)
                 self.fence_expiry = expiry
                 if self.retry_after_heartbeat:
@@ -147,11 +162,17 @@ class AddressService(Reconciler):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "heartbeat not acknowledged (%s); lease runs out in %.3fs",
-                    exc,
+                self.missed += 1
+                n = self.missed
+                log.log(
+                    logging.WARNING if n & (n - 1) == 0 else logging.DEBUG,
+                    "no lease granted (%s, %d in a row); lease runs out in %.3fs",
+                    exc or type(exc).__name__,
+                    n,
                     self.fence_expiry - time.monotonic(),
                 )
+            else:
+                self.missed = 0
             if time.monotonic() >= self.fence_expiry and self.held:
                 await self.drop_all("lease lapsed")
             await asyncio.sleep(max(0.0, started + heartbeat - time.monotonic()))
@@ -271,6 +292,15 @@ class AddressService(Reconciler):
         # Read the decision fresh from the bus: a cache can lag behind after a reconnect, and
         # acquiring on a stale decision is how an address ends up on two nodes.
         fresh = await get_record(self.placement_bucket, action.group, Placement)
+        if fresh is not None and fresh.node == self.node and fresh.incarnation != self.incarnation:
+            log.info(
+                "not acquiring %s: placed for incarnation %d of %s, we are %d",
+                action.group,
+                fresh.incarnation,
+                self.node,
+                self.incarnation,
+            )
+            return  # placement gives it anew once it sees our incarnation
         if fresh is None or fresh.node != self.node or fresh.epoch != action.epoch:
             log.info("not acquiring %s: placement moved on (%s)", action.group, fresh)
             if fresh is not None:

@@ -51,6 +51,8 @@ class Snapshot:
     # groups released (node None) whose address a live node still holds past the bound
     release_overdue: Set[str] = frozenset()
     release_bound: float = 0.0  # seconds, for the reason
+    # node -> its current incarnation (NodeRecord); a node missing here is not checked
+    incarnations: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 def next_node(sequence: list[str], after: str | None, ok: Callable[[str], bool]) -> str | None:
@@ -76,6 +78,7 @@ class Change:
     switchover_id: int | None = None  # set when this change applies an operator's switchover
     switching: bool | None = None  # set when this change turns switching off (or back on)
     enable_id: int | None = None  # set when this change applies an operator's enable
+    renew: bool = False  # the same node, anew: it rejoined since (a new incarnation)
 
 
 def decide_group(group: Group, snap: Snapshot) -> Change | None:
@@ -120,6 +123,14 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
     if intent.admin == "halted":
         return (None, "halted by the operator") if node is not None else None
     if node is not None:
+        if (
+            eligible(node)
+            and cur is not None
+            and snap.incarnations.get(node, cur.incarnation) != (cur.incarnation)
+        ):
+            # Declared lost and back before the group moved: what it held then is void
+            # (it let go); it takes the group again only from a decision for who it is now.
+            return Change(node, f"node {node} rejoined: placed on it anew", renew=True)
         if eligible(node):
             switch = intent.switchover_to
             if cur is not None and intent.switchover_id > cur.switchover_id:
@@ -202,15 +213,29 @@ def decide_one(snap: Snapshot, name: str) -> Placement | None:
     change = decide_group(group, snap)
     if change is None:
         return None
+    incarnation = snap.incarnations.get(change.node, 0) if change.node is not None else 0
     if cur is None:
-        return Placement(group.name, change.node, 1, change.reason, moving_to=change.moving_to)
-    if cur.node == change.node and change.switchover_id is None and change.enable_id is None:
+        return Placement(
+            group.name,
+            change.node,
+            1,
+            change.reason,
+            moving_to=change.moving_to,
+            incarnation=incarnation,
+        )
+    if (
+        cur.node == change.node
+        and change.switchover_id is None
+        and change.enable_id is None
+        and not change.renew
+    ):
         return None
-    # A new epoch only when the group moves: an operator's enable or a refused switchover
-    # leaves it where it is, and its app running.
-    moved = (change.node, change.moving_to) != (cur.node, cur.moving_to)
+    # A new epoch only when the group moves (or is given anew): an operator's enable or a
+    # refused switchover leaves it where it is, and its app running.
+    moved = change.renew or (change.node, change.moving_to) != (cur.node, cur.moving_to)
     return msgspec.structs.replace(
         cur,
+        incarnation=incarnation if moved else cur.incarnation,
         node=change.node,
         epoch=cur.epoch + 1 if moved else cur.epoch,
         reason=change.reason,

@@ -216,6 +216,9 @@ class PlacementService(Reconciler):
             },
             release_overdue={g for g, t in self.waiting.items() if mono - t >= bound},
             release_bound=bound,
+            incarnations={
+                n: r.incarnation for n, r in self.nodes.values().items() if r.state == "up"
+            },
         )
 
     def keys(self) -> set[str]:
