@@ -81,7 +81,7 @@ class Reconciler:
             else:
                 self.mark(target)
 
-        cache = KVCache(bucket, kind, keys=keys, on_change=changed)
+        cache = KVCache(bucket, kind, keys=keys, on_change=changed, connection=self.bus.nc)
         self.caches.append(cache)
         return cache
 

@@ -58,7 +58,7 @@ class Membership:
     async def run(self) -> None:
         await ensure_stream(self.bus)
         self.nodes = await kv(self.bus, self.bus.subjects.bucket_nodes)
-        self.records = KVCache(self.nodes, NodeRecord)
+        self.records = KVCache(self.nodes, NodeRecord, connection=self.bus.nc)
         await self.reload()
         self.heartbeats = await self.bus.nc.subscribe(
             self.bus.subjects.all_heartbeats, cb=self.on_heartbeat
