@@ -353,16 +353,19 @@ class AddressService(Reconciler):
         )
 
     async def announce(self, group: str, address: IPv4Interface, epoch: int, *, held: bool) -> None:
-        """Record it, then say it: a handler that re-reads the record on the event sees it."""
+        """Say it, then record it (one connection keeps that order): whoever acts on the
+        record acts after the event is out, so the history reads in causal order. A handler
+        that re-reads the record on the event may still find the old one: the record's own
+        change marks it again."""
         s = self.bus.subjects
         kind = AddressAcquired if held else AddressReleased
-        status = AddressStatus(group, self.node, str(address), held, epoch)
-        key = address_key(self.node, group)
-        revision = await self.observed.put(key, encode(status))
-        self.mine.note(key, revision, status)
         await self.bus.publish(
             s.address(self.node, group, "acquired" if held else "released"),
             kind(
                 **self.bus.stamp(), group=group, node=self.node, address=str(address), epoch=epoch
             ),
         )
+        status = AddressStatus(group, self.node, str(address), held, epoch)
+        key = address_key(self.node, group)
+        revision = await self.observed.put(key, encode(status))
+        self.mine.note(key, revision, status)

@@ -139,9 +139,10 @@ class Supervisor(Reconciler):
         self.mark(event.group)
 
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
-        status = await self.addresses.reread(address_key(self.node, event.group))
-        held = status is not None and status.held
-        if isinstance(event, AddressReleased) and not held and event.group in self.pending_down:
+        await self.addresses.reread(address_key(self.node, event.group))
+        # Our own node's address service says it released the address (it records it right
+        # after): the halt method's last step is done.
+        if isinstance(event, AddressReleased) and event.group in self.pending_down:
             # Halt method, last step: the address is gone, so the service is down here.
             epoch = self.pending_down.pop(event.group)
             await self.service_down(event.group, epoch, self.down_reason.get(event.group, "user"))
