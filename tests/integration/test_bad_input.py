@@ -58,8 +58,8 @@ async def test_placement_drops_garbage_node_events_and_keeps_working(
     beat = Heartbeat(source="agent@x", seq=1, ts=now(), node="x")
     await client.publish(garbage, msgspec.json.encode(beat))  # valid JSON, wrong event type
     await client.publish(s.node_joined("x"), b"{}")  # no type tag at all
-    # The following valid event alone (the nodes bucket still says n1 is up) moves the group.
-    await cluster.announce("n1", "lost")
+    # The following valid loss (recorded, then announced, as membership does) moves the group.
+    await cluster.set_node("n1", "lost")
     decided = await rec.expect(of(PlacementDecided, group="web1", epoch=2))
     assert (decided.node, decided.previous) == ("n2", "n1")
 

@@ -41,7 +41,11 @@ class ProbedMembership(Membership):
 
     async def on_heartbeat(self, msg: Msg) -> None:
         await super().on_heartbeat(msg)
-        if self.leases is not None:
+        if (
+            self.config.spec is not None
+            and self.records is not None
+            and self.records.ready.is_set()
+        ):
             self.heard.set()
 
 
@@ -122,7 +126,9 @@ async def test_two_replicas_publish_each_transition_once(
     # to record it: the later one lost the compare-and-set or found it recorded).
     await rec.none_within(of(NodeLost, node="n1"), since=rec.after(lost), timeout=2 * LEASE)
     for m in replicas:
-        assert m.leases is not None and "n1" not in m.leases.up
+        assert m.records is not None
+        n1 = await m.records.reread("n1")
+        assert n1 is not None and n1.state == "lost"
 
     rejoin = rec.mark()
     hearts.beating.add("n1")

@@ -249,9 +249,10 @@ async def test_a_late_node_joined_does_not_revive_a_dead_node(
     )
     await client.publish(s.node_joined("n1"), msgspec.json.encode(late))
 
-    # n2 dies (the event first, on the same connection as the late one, so placement handles
-    # them in this order): the group must go to n3, the only live node, not to dead n1.
-    await cluster.announce("n2", "lost")
+    # n2 dies (recorded, then announced on the same connection as the late event, so
+    # placement handles them in this order): the group must go to n3, the only live node, not
+    # to dead n1. Placement re-reads n1's record on the late event: it says lost.
+    await cluster.set_node("n2", "lost")
     await expect_decision(rec, bucket, "n3", "n2", 2)
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from vigil.wire import events
+from vigil.wire import cluster, events, records
 from vigil.wire.generate import OUT, render
 
 
@@ -52,3 +52,30 @@ def test_unknown_tags_and_garbage_are_rejected() -> None:
     for bad in (b'{"type": "node_exploded"}', b"not json", b'{"type": "node_lost"}'):
         with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
             decoder.decode(bad)
+
+
+RECORDS = {
+    records.NodeRecord: {"name": "n1", "state": "up", "since": "2026-01-01T00:00:00Z"},
+    records.Placement: {"group": "g1", "node": "n1", "epoch": 3},
+    records.ServiceRecord: {"name": "s", "members": ["g1"], "epoch": 1},
+    records.Intent: {"group": "g1"},
+    records.AddressStatus: {
+        "group": "g1",
+        "node": "n1",
+        "address": "10.0.0.1/24",
+        "held": True,
+        "epoch": 1,
+    },
+    records.AppStatus: {"group": "g1", "node": "n1", "running": True, "epoch": 1},
+}
+
+
+@pytest.mark.parametrize("kind", list(RECORDS), ids=lambda k: k.__name__)
+def test_stored_records_ignore_fields_a_newer_version_added(kind: type) -> None:
+    data = {**RECORDS[kind], "added_later": {"any": ["shape"]}}
+    msgspec.json.decode(json.dumps(data).encode(), type=kind)
+
+
+def test_operator_input_stays_strict() -> None:
+    with pytest.raises(msgspec.ValidationError, match="unknown field"):
+        msgspec.json.decode(b'{"name": "n1", "interfase": "eth0"}', type=cluster.Node)

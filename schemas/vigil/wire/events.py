@@ -24,6 +24,17 @@ class Heartbeat(Event, frozen=True, kw_only=True, tag="heartbeat"):
     node: str
 
 
+class LeaseGranted(Event, frozen=True, kw_only=True, tag="lease_granted"):
+    """Membership's answer to a heartbeat (a request): ``node`` may keep answering for its
+    addresses for ``ttl`` seconds from when it sent that heartbeat. ``incarnation`` grows each
+    time the node rejoins after it was declared lost; a node that sees it change has been
+    declared lost meanwhile, and lets go of everything before it takes the lease."""
+
+    node: str
+    incarnation: int
+    ttl: float
+
+
 class NodeJoined(Event, frozen=True, kw_only=True, tag="node_joined"):
     node: str
 
@@ -177,6 +188,7 @@ class ServiceDown(Event, frozen=True, kw_only=True, tag="service_down"):
 
 AnyEvent = (
     Heartbeat
+    | LeaseGranted
     | NodeJoined
     | NodeLost
     | ConfigApplied
@@ -199,6 +211,7 @@ AnyEvent = (
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     Heartbeat,
+    LeaseGranted,
     NodeJoined,
     NodeLost,
     ConfigApplied,

@@ -12,11 +12,15 @@ Mode = Literal["normal", "failover", "offline", "halted"]
 
 
 class NodeRecord(msgspec.Struct, frozen=True):
-    """Bucket ``nodes``, key = node name. Written by membership on every transition."""
+    """Bucket ``nodes``, key = node name. Written by membership with a compare-and-set on every
+    lease grant and every transition: grants and loss declarations are ordered through it."""
 
     name: str
     state: NodeState
     since: datetime
+    # wall-clock end of the last lease granted (None: written before leases were recorded)
+    granted_until: datetime | None = None
+    incarnation: int = 0  # grows by one each time the node (re)joins
 
 
 class Placement(msgspec.Struct, frozen=True):
@@ -42,6 +46,9 @@ class Placement(msgspec.Struct, frozen=True):
     # (no ping-pong) until an operator runs `vigil enable`
     switching: bool = True
     enable_id: int = 0  # the last Intent.enable_id applied
+    # the node's incarnation (NodeRecord) this placement was decided for: a node that was
+    # declared lost and rejoined acquires nothing until placement gives it the group anew
+    incarnation: int = 0
 
 
 class ServiceRecord(msgspec.Struct, frozen=True):

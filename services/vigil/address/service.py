@@ -7,6 +7,8 @@ import logging
 import time
 from ipaddress import IPv4Address, IPv4Interface
 
+import msgspec
+
 from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import (
     AddressAcquired,
@@ -16,27 +18,26 @@ from vigil.wire.events import (
     AppStopped,
     ConfigApplied,
     Heartbeat,
+    LeaseGranted,
     PlacementDecided,
 )
 from vigil.wire.records import AddressStatus, AppStatus, Placement
 
 from ..core.bus import Bus, all_records, encode, get_record, kv
-from ..core.reconciler import Reconciler, note_placement
+from ..core.errors import Conflict
+from ..core.lease import fence_ttl
+from ..core.reconciler import Reconciler, group_of
 from ..core.stray import wait_until_listed
 from ..core.subjects import address_key, app_key
 from .fence import Fence
 from .garp import GarpDropped, send_gratuitous_arp
 from .netlink import Netlink
-from .plan import Acquire, Release, Want, plan
+from .plan import Acquire, Action, Release, Want, plan
 
 log = logging.getLogger(__name__)
 
 
-def fence_ttl(heartbeat: float, lease: float) -> float:
-    """How long one renewal keeps our addresses answering. See docs/safety.md: the fence must
-    lapse before membership may declare us lost (lease), with a heartbeat of slack for the
-    round trip and another for clock drift and scheduling."""
-    return lease - 2 * heartbeat
+_GRANT = msgspec.json.Decoder(LeaseGranted)
 
 
 class AddressService(Reconciler):
@@ -50,8 +51,12 @@ class AddressService(Reconciler):
         self.remembered: dict[IPv4Interface, str] = {}
         self.retry_after_heartbeat = False
         self.fence_expiry = 0.0  # monotonic time our current lease lapses
+        self.incarnation = 0  # ours, as membership last granted it
+        self.missed = 0  # heartbeats in a row without a grant
         self.fence: Fence | None = None
         self.netlink: Netlink | None = None
+        self.actions: dict[str, list[Action]] = {}  # the current batch's plan, by group
+        self.actual: set[IPv4Interface] = set()  # the interface's addresses, read for the batch
 
     # -- set-up --------------------------------------------------------------------------------
     def ifname(self, spec: ClusterSpec) -> str:
@@ -84,8 +89,12 @@ class AddressService(Reconciler):
             if status.held:
                 self.remembered[IPv4Interface(status.address)] = status.group
         self.placement_bucket = await kv(self.bus, s.bucket_placement)
-        self.placements = self.cache(self.placement_bucket, Placement)
-        self.apps = self.cache(observed, AppStatus, keys=f"app.{self.node}.>")
+        self.placements = self.cache(self.placement_bucket, Placement, key_of=str)
+        self.apps = self.cache(observed, AppStatus, keys=f"app.{self.node}.>", key_of=group_of)
+        # what we last recorded: repaired when it disagrees with what we hold
+        self.mine = self.cache(
+            observed, AddressStatus, keys=f"address.{self.node}.>", key_of=group_of
+        )
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
         for what in ("stopped", "failed", "stop_failed"):
             await self.bus.subscribe(
@@ -112,39 +121,58 @@ class AddressService(Reconciler):
 
     # -- the lease -----------------------------------------------------------------------------
     async def heartbeat_loop(self) -> None:
-        """Say we are alive; once the server has it (flush), extend the kernel fence."""
+        """Ask membership for a lease; only its answer extends the kernel fence (the server
+        merely accepting the heartbeat does not: docs/safety.md)."""
         assert self.fence is not None
         while True:
             heartbeat, lease = self.timing()
             ttl = fence_ttl(heartbeat, lease)
             started = time.monotonic()
             try:
-                await self.bus.nc.publish(
+                reply = await self.bus.nc.request(
                     self.bus.subjects.heartbeat(self.node),
                     encode(Heartbeat(**self.bus.stamp(), node=self.node)),
+                    timeout=max(heartbeat, 0.05),
                 )
-                if not await self.bus.round_trip(max(heartbeat, 0.05)):
-                    raise TimeoutError(f"no answer from the server within {heartbeat:g}s")
+                grant = _GRANT.decode(reply.data)
+                if grant.node != self.node:
+                    raise ValueError(f"a lease for {grant.node!r} answered our heartbeat")
                 # A lease may only be extended while it still holds: once it lapsed (we were
                 # frozen, or cut off) the cluster may have moved our groups, so let go first.
                 if self.held and time.monotonic() >= self.fence_expiry:
                     await self.drop_all("lease lapsed")
-                # The lease counts from when the heartbeat left, not from now: a slow flush or
-                # a slow nft must shorten the fence, never stretch it (docs/safety.md).
-                expiry = started + ttl
+                if grant.incarnation != self.incarnation:
+                    # Declared lost meanwhile (and rejoined): what we held is no longer ours,
+                    # and we take nothing until placement gives it to this incarnation.
+                    if self.held:
+                        await self.drop_all(
+                            f"membership declared {self.node} lost; now incarnation "
+                            f"{grant.incarnation}"
+                        )
+                    self.incarnation = grant.incarnation
+                    self.mark_all()
+                # The lease counts from when the heartbeat left, not from now: a slow answer
+                # or a slow nft must shorten the fence, never stretch it (docs/safety.md).
+                expiry = started + min(ttl, grant.ttl)
                 await self.renew_fence(expiry)
                 self.fence_expiry = expiry
                 if self.retry_after_heartbeat:
                     self.retry_after_heartbeat = False
-                    self.dirty.set()
+                    self.mark_all()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "heartbeat not acknowledged (%s); lease runs out in %.3fs",
-                    exc,
+                self.missed += 1
+                n = self.missed
+                log.log(
+                    logging.WARNING if n & (n - 1) == 0 else logging.DEBUG,
+                    "no lease granted (%s, %d in a row); lease runs out in %.3fs",
+                    exc or type(exc).__name__,
+                    n,
                     self.fence_expiry - time.monotonic(),
                 )
+            else:
+                self.missed = 0
             if time.monotonic() >= self.fence_expiry and self.held:
                 await self.drop_all("lease lapsed")
             await asyncio.sleep(max(0.0, started + heartbeat - time.monotonic()))
@@ -179,22 +207,29 @@ class AddressService(Reconciler):
         for address in await asyncio.to_thread(netlink.addresses) & managed.keys():
             await asyncio.to_thread(netlink.remove, address)
         self.held.clear()
-        self.dirty.set()
+        self.mark_all()
 
     # -- edge triggers -------------------------------------------------------------------------
     async def on_placement(self, event: PlacementDecided) -> None:
-        if note_placement(self.placements, event):
-            self.dirty.set()
+        """A hint: re-read the decision from the bucket when it may concern us, then act on
+        what the bucket says (a stray message with a big epoch changes nothing)."""
+        cached = self.placements.get(event.group)
+        if self.node in (event.node, event.previous, event.moving_to) or (
+            cached is not None and cached.node == self.node
+        ):
+            await self.placements.reread(event.group)
+        self.mark(event.group)
 
     async def on_app(self, event: AppStopped | AppFailed | AppStopFailed) -> None:
-        key = app_key(self.node, event.group)
-        self.apps.note(
-            key, self.apps.revision(key) or 0, AppStatus(event.group, self.node, False, event.epoch)
-        )
-        self.dirty.set()
+        await self.apps.reread(app_key(self.node, event.group))
+        self.mark(event.group)
 
     # -- reconcile -----------------------------------------------------------------------------
-    async def reconcile(self) -> None:
+    def keys(self) -> set[str]:
+        return super().keys() | set(self.managed().values())
+
+    async def prepare(self) -> None:
+        """One plan for the batch, from one read of the interface's addresses."""
         spec = self.config.spec
         assert spec is not None and self.netlink is not None
         groups = {g.name: g for g in spec.groups}
@@ -204,18 +239,49 @@ class AddressService(Reconciler):
             if p.node == self.node and p.group in groups
         }
         running = {a.group for a in self.apps.values().values() if a.running}
-        actual = await asyncio.to_thread(self.netlink.addresses)
+        actual = self.actual = await asyncio.to_thread(self.netlink.addresses)
         # Forget holdings whose address vanished (removed by hand, or by the kernel).
         managed = self.managed()
         for group in list(self.held):
             if not any(managed.get(a) == group for a in actual):
                 del self.held[group]
         moving = {p.group for p in self.placements.values().values() if p.moving_to is not None}
+        self.actions = {}
         for action in plan(desired, managed, actual, self.held, running, moving):
+            self.actions.setdefault(action.group, []).append(action)
+
+    async def reconcile_key(self, key: str) -> None:
+        for action in self.actions.pop(key, []):
             if isinstance(action, Release):
                 await self.release(action)
             else:
                 await self.acquire(action)
+        await self.repair_record(key)
+
+    async def repair_record(self, group: str) -> None:
+        """The observed record must say what we hold: an address dropped at a lease lapse (or
+        removed by hand) is recorded released, else placement waits for it forever; a record
+        that does not decode is rewritten."""
+        key = address_key(self.node, group)
+        status = self.mine.get(key)
+        if key in self.mine.unreadable and status is None:
+            address = next((a for a, g in self.managed().items() if g == group), None)
+            if address is not None:
+                log.warning("rewriting the unreadable record %s", key)
+                await self.announce(
+                    group, address, self.held.get(group, 0), held=group in self.held
+                )
+            return
+        if (
+            status is not None
+            and status.held
+            and group not in self.held
+            and IPv4Interface(status.address) not in self.actual
+        ):
+            log.warning("%s: recorded held, but not held here: recording it released", group)
+            placement = self.placements.get(group)
+            epoch = max(status.epoch, placement.epoch if placement else 0)
+            await self.announce(group, IPv4Interface(status.address), epoch, held=False)
 
     async def acquire(self, action: Acquire) -> None:
         assert self.netlink is not None and self.fence is not None
@@ -226,10 +292,21 @@ class AddressService(Reconciler):
         # Read the decision fresh from the bus: a cache can lag behind after a reconnect, and
         # acquiring on a stale decision is how an address ends up on two nodes.
         fresh = await get_record(self.placement_bucket, action.group, Placement)
+        if fresh is not None and fresh.node == self.node and fresh.incarnation != self.incarnation:
+            log.info(
+                "not acquiring %s: placed for incarnation %d of %s, we are %d",
+                action.group,
+                fresh.incarnation,
+                self.node,
+                self.incarnation,
+            )
+            return  # placement gives it anew once it sees our incarnation
         if fresh is None or fresh.node != self.node or fresh.epoch != action.epoch:
             log.info("not acquiring %s: placement moved on (%s)", action.group, fresh)
-            self.dirty.set()
-            return
+            if fresh is not None:
+                revision = (await self.placement_bucket.get(action.group)).revision or 0
+                self.placements.note(action.group, revision, fresh)
+            raise Conflict(f"placement of {action.group} moved on")
         self.held[action.group] = action.epoch
         self.remembered[action.address] = action.group
         # Lease first, then the address: the address must answer the moment it exists.
@@ -276,6 +353,10 @@ class AddressService(Reconciler):
         )
 
     async def announce(self, group: str, address: IPv4Interface, epoch: int, *, held: bool) -> None:
+        """Say it, then record it (one connection keeps that order): whoever acts on the
+        record acts after the event is out, so the history reads in causal order. A handler
+        that re-reads the record on the event may still find the old one: the record's own
+        change marks it again."""
         s = self.bus.subjects
         kind = AddressAcquired if held else AddressReleased
         await self.bus.publish(
@@ -285,4 +366,6 @@ class AddressService(Reconciler):
             ),
         )
         status = AddressStatus(group, self.node, str(address), held, epoch)
-        await self.observed.put(address_key(self.node, group), encode(status))
+        key = address_key(self.node, group)
+        revision = await self.observed.put(key, encode(status))
+        self.mine.note(key, revision, status)

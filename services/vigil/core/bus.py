@@ -55,6 +55,11 @@ _DECODER = msgspec.json.Decoder(AnyEvent)
 _ENCODER = msgspec.json.Encoder()
 
 
+def _consume(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def nats_urls(explicit: str | None = None) -> list[str]:
     """``--nats`` beats ``VIGIL_NATS_URL`` beats the local default; commas separate servers."""
     value = explicit or os.environ.get("VIGIL_NATS_URL") or DEFAULT_URL
@@ -146,6 +151,7 @@ class Bus:
         self._drop_logged: dict[str, float] = {}
         self._seq = itertools.count(1)
         self._ping: asyncio.Future[None] | None = None
+        self._ping_epoch = 0  # the connection's reconnect count when that PING was sent
 
     @classmethod
     async def connect(
@@ -232,10 +238,17 @@ class Bus:
         its reader then fails on the late PONG. A slow PING is left to finish, and no second one
         is sent while it is out.
         """
+        reconnects = self.nc.stats["reconnects"]
+        if self._ping is not None and not self._ping.done() and reconnects != self._ping_epoch:
+            # A reconnect emptied nats-py's PONG queue: that PING will never be answered (it
+            # would time out after a minute). Forget it, safely: it is no longer in the queue.
+            self._ping.add_done_callback(_consume)
+            self._ping = None
         if self._ping is None or self._ping.done():
             if self._ping is not None and not self._ping.cancelled():
                 self._ping.exception()  # consume it: a failed PING is simply "no"
             self._ping = asyncio.ensure_future(self.nc.flush(timeout=60))
+            self._ping_epoch = reconnects
         done, _ = await asyncio.wait({self._ping}, timeout=within)
         return bool(done) and not self._ping.cancelled() and self._ping.exception() is None
 

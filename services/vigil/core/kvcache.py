@@ -1,17 +1,25 @@
 """A live, local copy of a key-value bucket, kept fresh by a watch (level-triggered state).
 
 Handlers read the cache instead of the bus, so a reconcile is a pure function over local data.
-Unreadable records are logged and skipped, never passed on.
+Unreadable records are logged and skipped, never passed on; their keys and revisions are kept in
+``unreadable`` so the record's owner can rewrite them (with a compare-and-set).
+
+Events are hints: a handler that acts on one calls ``reread(key)`` first, so the cache holds
+what the bucket says, never what a message claimed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import msgspec
+import nats.errors
+from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 log = logging.getLogger(__name__)
@@ -26,11 +34,14 @@ class KVCache(Generic[T]):
         *,
         keys: str = ">",
         on_change: Callable[[str], None] | None = None,
+        connection: Client | None = None,
     ) -> None:
         self.bucket = bucket
+        self.connection = connection
         self.keys = keys
         self.on_change = on_change
         self.entries: dict[str, tuple[int, T]] = {}
+        self.unreadable: dict[str, int] = {}  # key -> revision of a record that did not decode
         self.ready = asyncio.Event()
         self._decoder = msgspec.json.Decoder(kind)
 
@@ -50,6 +61,28 @@ class KVCache(Generic[T]):
         if revision >= (self.revision(key) or 0):
             self.entries[key] = (revision, value)
 
+    async def reread(self, key: str) -> T | None:
+        """Read ``key`` from the bucket itself (not the watch) into the cache, and return it."""
+        try:
+            entry = await self.bucket.get(key)
+        except KeyNotFoundError:  # deleted and purged keys too
+            self.entries.pop(key, None)
+            return None
+        revision = entry.revision or 0
+        if not entry.value:
+            self.entries.pop(key, None)
+            return None
+        try:
+            value = self._decoder.decode(entry.value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.unreadable[key] = revision
+            self.entries.pop(key, None)
+            return None
+        self.unreadable.pop(key, None)
+        if revision >= (self.revision(key) or 0):
+            self.entries[key] = (revision, value)
+        return self.get(key)
+
     async def run(self) -> None:
         """Watch forever; restart the watch if it dies (reconnects, server restarts)."""
         while True:
@@ -61,28 +94,62 @@ class KVCache(Generic[T]):
                 log.warning("watch on %s failed (%s); restarting", self.bucket._name, exc)
                 await asyncio.sleep(0.5)
 
+    def _reconnects(self) -> int:
+        return int(self.connection.stats["reconnects"]) if self.connection is not None else 0
+
     async def _watch(self) -> None:
+        """One watch, until it fails or the connection was re-established: the server side of
+        a watch does not survive a server restart, and nats-py would notice only after its
+        idle heartbeats went missing (10 s or more), leaving the cache stale meanwhile."""
         watcher = await self.bucket.watch(self.keys)
         try:
-            async for entry in watcher:
-                if entry is None:
-                    self.ready.set()
-                    continue
-                key, revision = entry.key, entry.revision or 0
-                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                    self.entries.pop(key, None)
-                else:
-                    try:
-                        value = self._decoder.decode(entry.value)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        log.warning(
-                            "%s/%s: unreadable record dropped: %s", self.bucket._name, key, exc
-                        )
-                        continue
-                    if revision < (self.revision(key) or 0):
-                        continue
-                    self.entries[key] = (revision, value)
-                if self.on_change is not None:
-                    self.on_change(key)
+            async with asyncio.TaskGroup() as tg:
+                guard = tg.create_task(self._stop_on_reconnect(watcher), name="watch-guard")
+                await self._follow(watcher)
+                guard.cancel()
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py lacks a hint
+            with contextlib.suppress(nats.errors.Error):  # stopped already (a reconnect)
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py lacks a hint
+
+    async def _stop_on_reconnect(self, watcher: KeyValue.KeyWatcher) -> None:
+        reconnects = self._reconnects()
+        # nats-py's reconnect callback belongs to the connection's owner: poll its counter
+        while self._reconnects() == reconnects:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        log.info("%s: reconnected; watching anew", self.bucket._name)
+        await watcher.stop()  # type: ignore[no-untyped-call]  # ends _follow's iteration
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        initial = True
+        seen: set[str] = set()  # keys of the watch's first snapshot
+        async for entry in watcher:
+            if entry is None:
+                if initial:  # a key deleted while we were not watching is gone
+                    for key in set(self.entries) - seen:
+                        del self.entries[key]
+                        if self.on_change is not None:
+                            self.on_change(key)
+                    initial = False
+                self.ready.set()
+                continue
+            key, revision = entry.key, entry.revision or 0
+            seen.add(key)
+            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                self.entries.pop(key, None)
+                self.unreadable.pop(key, None)
+            else:
+                try:
+                    value = self._decoder.decode(entry.value)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    log.warning("%s/%s: unreadable record skipped: %s", self.bucket._name, key, exc)
+                    self.entries.pop(key, None)
+                    self.unreadable[key] = revision
+                    if self.on_change is not None:
+                        self.on_change(key)
+                    continue
+                if revision < (self.revision(key) or 0):
+                    continue
+                self.unreadable.pop(key, None)
+                self.entries[key] = (revision, value)
+            if self.on_change is not None:
+                self.on_change(key)

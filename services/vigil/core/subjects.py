@@ -117,6 +117,7 @@ class Subjects:
 
     @property
     def all_intents(self) -> str:
+        """Every intent event (what the operator role may publish)."""
         return f"{self.root}.intent.*"
 
 

@@ -1,9 +1,15 @@
-"""Membership: who is alive. Cluster-wide; run two or more replicas, they agree through the bus.
+"""Membership: who is alive, and who may answer for its addresses. Cluster-wide; run two or
+more replicas, they agree through compare-and-set on each node's record.
 
-- subscribes: ``<root>_hb.*`` heartbeats from every node's address service; ``config.applied``.
-- publishes: ``node.<n>.joined`` and ``node.<n>.lost``.
-- owns: bucket ``<root>_nodes`` (one NodeRecord per node).
-- reconciles: every heartbeat/4 checks leases; every few seconds re-reads config and the bucket.
-- on failure: a replica that restarts gives every node it finds ``up`` a fresh lease; replicas
-  dedupe transitions with a compare-and-set on the node's record, so each is published once.
+- subscribes: ``<root>_hb.*`` heartbeats (requests) from every node's address service;
+  ``config.applied``.
+- publishes: a ``LeaseGranted`` reply to each heartbeat, once the grant is stored;
+  ``node.<n>.joined`` and ``node.<n>.lost``.
+- owns: bucket ``<root>_nodes`` (one NodeRecord per node: state, incarnation, lease end).
+- reconciles: every heartbeat/4, declares lost every node recorded up whose last grant is a
+  lease old; every few seconds re-reads config. Each heartbeat re-learns its node's state.
+- on failure: a replica that starts, or comes back to the bus, gives every node a full lease
+  from then before declaring any lost; a grant and a declaration race through the record's
+  compare-and-set, so each transition is stored and published once, and a node declared lost
+  is granted nothing but a new incarnation.
 """

@@ -1,61 +1,48 @@
-"""Node leases, pure: heartbeats and the clock in, node joined / node lost transitions out.
+"""Node leases, pure: a node's stored record and the clock in, the next record out.
 
-    unknown --heartbeat--> up --silent > lease--> lost --heartbeat--> up
+    (none) --grant--> up (incarnation 1) --no grant for a lease--> lost --grant--> up (2)
 
-Time is a float (monotonic seconds) passed in by the caller, so tests need no clock.
+Every grant and every loss declaration is a compare-and-set on the node's record, so replicas
+agree: a replica declares a node lost only on the record it read, and only once the last grant
+written there (``granted_until``, the end of the node's fence) is ``lease - fence`` in the past;
+a grant written meanwhile by another replica makes the declaration's compare-and-set fail.
+
+Times are wall-clock datetimes (records are shared between machines) passed in by the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import msgspec
+
+from vigil.wire.records import NodeRecord
 
 
-@dataclass(frozen=True)
-class Joined:
-    node: str
+def grant(record: NodeRecord | None, node: str, now: datetime, fence: float) -> NodeRecord:
+    """The record after granting ``node`` a lease of ``fence`` seconds from ``now``. A node
+    that is new, or was declared lost, (re)joins with the next incarnation."""
+    until = now + timedelta(seconds=fence)
+    if record is None or record.state != "up":
+        incarnation = (record.incarnation if record else 0) + 1
+        return NodeRecord(node, "up", now, granted_until=until, incarnation=incarnation)
+    return msgspec.structs.replace(record, granted_until=until)
 
 
-@dataclass(frozen=True)
-class Lost:
-    node: str
-    silent_for: float
+def joined(before: NodeRecord | None, after: NodeRecord) -> bool:
+    return after.state == "up" and (before is None or before.state != "up")
 
 
-@dataclass
-class Leases:
-    lease: float
-    last_seen: dict[str, float] = field(default_factory=dict)
-    up: set[str] = field(default_factory=set)
+def silent_for(record: NodeRecord, now: datetime, fence: float) -> float:
+    """Seconds since the node's last grant (its last heartbeat answered)."""
+    until = record.granted_until or record.since + timedelta(seconds=fence)
+    return (now - until).total_seconds() + fence
 
-    def assume_up(self, nodes: Iterable[str], now: float) -> None:
-        """Nodes another replica (or our previous life) saw up: they get a full lease from now."""
-        for node in nodes:
-            self.up.add(node)
-            self.last_seen[node] = now
 
-    def heartbeat(self, node: str, now: float) -> Joined | None:
-        self.last_seen[node] = max(now, self.last_seen.get(node, now))
-        if node in self.up:
-            return None
-        self.up.add(node)
-        return Joined(node)
+def expired(record: NodeRecord, now: datetime, lease: float, fence: float) -> bool:
+    """Up, and not granted for longer than a lease: its fence lapsed ``lease - fence`` ago."""
+    return record.state == "up" and silent_for(record, now, fence) > lease
 
-    def overdue(self, now: float) -> bool:
-        return any(now - self.last_seen[node] > self.lease for node in self.up)
 
-    def expire(self, now: float) -> list[Lost]:
-        lost = [
-            Lost(node, now - self.last_seen[node])
-            for node in sorted(self.up)
-            if now - self.last_seen[node] > self.lease
-        ]
-        for event in lost:
-            self.up.discard(event.node)
-        return lost
-
-    def forget(self, keep: Iterable[str]) -> None:
-        """Drop nodes that left the cluster file."""
-        keep = set(keep)
-        self.up &= keep
-        self.last_seen = {n: t for n, t in self.last_seen.items() if n in keep}
+def declare_lost(record: NodeRecord, now: datetime) -> NodeRecord:
+    return msgspec.structs.replace(record, state="lost", since=now)

@@ -1,24 +1,34 @@
-"""The membership service's I/O: heartbeats in, lease checks, node events out."""
+"""The membership service's I/O: heartbeats in, leases granted, node events out.
+
+A heartbeat is a request; the reply (``LeaseGranted``) is what extends the node's fence, and
+it is sent only after the grant is stored with a compare-and-set on the node's record. A loss
+is declared with a compare-and-set on the same record, so grants and declarations are ordered
+by the bucket, whichever replica makes them (docs/safety.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from datetime import timedelta
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from vigil.wire.events import ConfigApplied, Heartbeat, NodeJoined, NodeLost
-from vigil.wire.records import NodeRecord, NodeState
+from vigil.wire.events import ConfigApplied, Heartbeat, LeaseGranted, NodeJoined, NodeLost
+from vigil.wire.records import NodeRecord
 
 from ..core import tracing
-from ..core.bus import Bus, all_records, encode, ensure_stream, kv, now, replayed
+from ..core.bus import Bus, encode, ensure_stream, kv, now, replayed
 from ..core.clusterconfig import ConfigSource
+from ..core.kvcache import KVCache
+from ..core.lease import fence_ttl
 from ..core.runner import every
-from .leases import Leases, Lost
+from . import leases
 
 log = logging.getLogger(__name__)
 _HEARTBEAT = msgspec.json.Decoder(Heartbeat)
@@ -28,52 +38,55 @@ class Membership:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.config = ConfigSource(bus)
-        self.leases: Leases | None = None
         self.nodes: KeyValue | None = None
+        self.records: KVCache[NodeRecord] | None = None
         self.heartbeats: Subscription | None = None
+        # No node is declared lost before this (monotonic): a full lease from our start, and
+        # from every reconnection, for its heartbeats to reach us (a bus outage is not the
+        # death of every node).
+        self.grace_until = float("inf")
+        self.cut_off = False
+        self.failures = 0  # grants that failed in a row, for rate-limited logging
+        self.tg: asyncio.TaskGroup | None = None
+        self.granting: set[str] = set()  # nodes whose grant is being stored
+
+    def timing(self) -> tuple[float, float]:
+        spec = self.config.spec
+        assert spec is not None
+        return spec.cluster.timing.heartbeat, spec.cluster.timing.lease
 
     async def run(self) -> None:
         await ensure_stream(self.bus)
         self.nodes = await kv(self.bus, self.bus.subjects.bucket_nodes)
+        self.records = KVCache(self.nodes, NodeRecord, connection=self.bus.nc)
         await self.reload()
         self.heartbeats = await self.bus.nc.subscribe(
             self.bus.subjects.all_heartbeats, cb=self.on_heartbeat
         )
         await self.bus.subscribe(self.bus.subjects.config_applied, ConfigApplied, self.on_config)
         async with asyncio.TaskGroup() as tg:
+            self.tg = tg
+            tg.create_task(self.records.run(), name="watch-nodes")
             tg.create_task(self.check_loop(), name="lease-check")
             tg.create_task(every(3.0, self.reload), name="config-resync")
 
     async def reload(self) -> None:
-        if not await self.config.refresh() or self.config.spec is None or self.nodes is None:
+        if not await self.config.refresh() or self.config.spec is None:
             return
-        timing = self.config.spec.cluster.timing
-        names = [n.name for n in self.config.spec.nodes]
-        if self.leases is None:
-            self.leases = Leases(timing.lease)
-        # Nodes recorded up that we do not track yet (our first start, or a node put back in the
-        # file) get a full lease from now: silent ones are then declared lost, not forgotten.
-        records = await all_records(self.nodes, NodeRecord)
-        self.leases.assume_up(
-            [
-                n
-                for n, r in records.items()
-                if r.state == "up" and n in names and n not in self.leases.last_seen
-            ],
-            time.monotonic(),
-        )
-        self.leases.lease = timing.lease
-        self.leases.forget(names)
+        _, lease = self.timing()
+        if self.grace_until == float("inf"):
+            self.grace_until = time.monotonic() + lease
         log.info(
             "config revision %s: %d nodes, lease %gs",
             self.config.revision,
-            len(names),
-            timing.lease,
+            len(self.config.spec.nodes),
+            lease,
         )
 
     async def on_config(self, _: ConfigApplied) -> None:
         await self.reload()
 
+    # -- grants --------------------------------------------------------------------------------
     async def on_heartbeat(self, msg: Msg) -> None:
         if replayed(msg):  # a consumer aimed at the heartbeat subject: no one's heartbeat
             self.bus.drop(msg.subject, "replayed by a JetStream consumer, not published")
@@ -84,33 +97,141 @@ class Membership:
             self.bus.drop(msg.subject, f"malformed heartbeat: {exc}")
             return
         spec = self.config.spec
-        if self.leases is None or spec is None:
-            return
+        if spec is None or self.records is None or not self.records.ready.is_set():
+            return  # no answer: the node keeps the lease it has, and asks again
         if msg.subject != self.bus.subjects.heartbeat(beat.node):
             self.bus.drop(msg.subject, f"heartbeat for {beat.node!r} on the wrong subject")
             return
         if all(n.name != beat.node for n in spec.nodes):
             self.bus.drop(msg.subject, f"heartbeat from unknown node {beat.node!r}")
             return
-        if self.leases.heartbeat(beat.node, time.monotonic()) is not None:
-            await self.transition(beat.node, "up", NodeJoined(**self.bus.stamp(), node=beat.node))
+        # Nodes are granted concurrently (their writes pipelined on the connection), one grant
+        # per node at a time: a heartbeat that finds its node's previous grant still being
+        # stored goes unanswered, and the next one renews the lease.
+        if self.tg is None or beat.node in self.granting:
+            return
+        self.granting.add(beat.node)
+        self.tg.create_task(self.answer(beat.node, msg), name=f"grant-{beat.node}")
 
+    async def answer(self, node: str, msg: Msg) -> None:
+        """Owned by the service's task group: never lets an error out (it would stop them all)."""
+        try:
+            await self._answer(node, msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("could not answer %s's heartbeat: %s", node, exc)
+        finally:
+            self.granting.discard(node)
+
+    async def _answer(self, node: str, msg: Msg) -> None:
+        try:
+            granted = await self.grant(node)
+        except Exception as exc:  # the bus is failing: no grant, the node's fence runs down
+            self.failures += 1
+            level = logging.WARNING if self.failures & (self.failures - 1) == 0 else logging.DEBUG
+            log.log(level, "no lease for %s (failure %d): %s", node, self.failures, exc)
+            return
+        self.failures = 0
+        if granted is not None and msg.reply:
+            heartbeat, lease = self.timing()
+            reply = LeaseGranted(
+                **self.bus.stamp(),
+                node=node,
+                incarnation=granted.incarnation,
+                ttl=fence_ttl(heartbeat, lease),
+            )
+            await msg.respond(encode(reply))
+
+    async def grant(self, node: str) -> NodeRecord | None:
+        """Store a grant for ``node`` (compare-and-set), and return the record that holds it."""
+        assert self.nodes is not None and self.records is not None
+        heartbeat, lease = self.timing()
+        for _ in range(3):
+            before = self.records.get(node)
+            unreadable = self.records.unreadable.get(node)
+            at = now()
+            after = leases.grant(before, node, at, fence_ttl(heartbeat, lease))
+            floor = at + timedelta(seconds=fence_ttl(heartbeat, lease) - heartbeat)
+            try:
+                if before is None and unreadable is None:
+                    revision = await self.nodes.create(node, encode(after))
+                else:
+                    if before is None:
+                        log.warning("node %s: unreadable record; rewriting it", node)
+                    last = self.records.revision(node) if before else unreadable
+                    revision = await self.nodes.update(node, encode(after), last=last)
+            except KeyWrongLastSequenceError:
+                fresh = await self.records.reread(node)
+                if (
+                    fresh is not None
+                    and before is not None
+                    and fresh.state == "up"
+                    and fresh.incarnation == before.incarnation
+                    and fresh.granted_until is not None
+                    and fresh.granted_until >= floor
+                ):
+                    return fresh  # another replica granted this very heartbeat
+                continue
+            self.records.note(node, revision, after)
+            if leases.joined(before, after):
+                log.info("node %s joined (incarnation %d)", node, after.incarnation)
+                await self.bus.publish(
+                    self.bus.subjects.node_joined(node), NodeJoined(**self.bus.stamp(), node=node)
+                )
+            return after
+        return None
+
+    # -- losses --------------------------------------------------------------------------------
     async def check_loop(self) -> None:
         while True:
             interval = 0.05
-            if self.leases is not None and self.config.spec is not None:
-                interval = max(0.01, self.config.spec.cluster.timing.heartbeat / 4)
-                if self.leases.overdue(time.monotonic()):
-                    await self.drain_heartbeats()
-                for lost in self.leases.expire(time.monotonic()):
-                    with tracing.span("node lost", node=lost.node):
-                        await self.lost(lost)
+            if self.config.spec is not None and self.records is not None:
+                heartbeat, lease = self.timing()
+                interval = max(0.01, heartbeat / 4)
+                connected = self.bus.nc.is_connected
+                if not connected:
+                    self.cut_off = True
+                elif self.cut_off:
+                    self.cut_off = False
+                    self.grace_until = time.monotonic() + lease
+                    log.warning("back on the bus: every node gets a full lease from now")
+                if connected and time.monotonic() >= self.grace_until:
+                    await self.expire(heartbeat, lease)
             await asyncio.sleep(interval)
 
-    async def lost(self, lost: Lost) -> None:
-        log.warning("node %s lost: silent for %.3fs", lost.node, lost.silent_for)
-        event = NodeLost(**self.bus.stamp(), node=lost.node, silent_for=round(lost.silent_for, 4))
-        await self.transition(lost.node, "lost", event)
+    async def expire(self, heartbeat: float, lease: float) -> None:
+        assert self.records is not None and self.config.spec is not None
+        fence = fence_ttl(heartbeat, lease)
+        names = {n.name for n in self.config.spec.nodes}
+        due = [
+            n
+            for n, r in sorted(self.records.values().items())
+            if n in names and leases.expired(r, now(), lease, fence)
+        ]
+        if due:
+            await self.drain_heartbeats()
+        for node in due:
+            record = self.records.get(node)
+            if record is not None and leases.expired(record, now(), lease, fence):
+                with tracing.span("node lost", node=node):
+                    await self.declare_lost(node, record, leases.silent_for(record, now(), fence))
+
+    async def declare_lost(self, node: str, record: NodeRecord, silent: float) -> None:
+        assert self.nodes is not None and self.records is not None
+        lost = leases.declare_lost(record, now())
+        try:
+            revision = await self.nodes.update(node, encode(lost), last=self.records.revision(node))
+        except KeyWrongLastSequenceError:  # a grant (or another replica's declaration) won
+            await self.records.reread(node)
+            return
+        except Exception as exc:
+            log.info("could not declare %s lost (%s); will retry", node, exc)
+            return
+        self.records.note(node, revision, lost)
+        log.warning("node %s lost: silent for %.3fs", node, silent)
+        event = NodeLost(**self.bus.stamp(), node=node, silent_for=round(silent, 4))
+        await self.bus.publish(self.bus.subjects.node_lost(node), event)
 
     async def drain_heartbeats(self) -> None:
         """Before calling a node lost, make sure no heartbeat of it is still queued here: a
@@ -123,28 +244,3 @@ class Membership:
                 break
             await asyncio.sleep(0.001)
         await asyncio.sleep(0)
-
-    async def transition(self, node: str, state: NodeState, event: NodeJoined | NodeLost) -> None:
-        """Record the transition with a compare-and-set, and publish it only if we made it."""
-        assert self.nodes is not None
-        record = NodeRecord(name=node, state=state, since=now())
-        try:
-            entry = await self.nodes.get(node)
-        except Exception:
-            entry = None
-        try:
-            if entry is None or not entry.value:
-                await self.nodes.create(node, encode(record))
-            else:
-                if msgspec.json.decode(entry.value, type=NodeRecord).state == state:
-                    return  # another replica already recorded it
-                await self.nodes.update(node, encode(record), last=entry.revision)
-        except Exception as exc:
-            log.info("node %s -> %s recorded by another replica (%s)", node, state, exc)
-            return
-        subject = (
-            self.bus.subjects.node_joined(node)
-            if state == "up"
-            else self.bus.subjects.node_lost(node)
-        )
-        await self.bus.publish(subject, event)

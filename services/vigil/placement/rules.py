@@ -48,6 +48,11 @@ class Snapshot:
     now: float = 0.0  # unix time, for bans
     intents: Mapping[str, Intent] = dataclasses.field(default_factory=dict)
     up_since: Mapping[str, float] = dataclasses.field(default_factory=dict)  # unix time
+    # groups released (node None) whose address a live node still holds past the bound
+    release_overdue: Set[str] = frozenset()
+    release_bound: float = 0.0  # seconds, for the reason
+    # node -> its current incarnation (NodeRecord); a node missing here is not checked
+    incarnations: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 def next_node(sequence: list[str], after: str | None, ok: Callable[[str], bool]) -> str | None:
@@ -73,6 +78,7 @@ class Change:
     switchover_id: int | None = None  # set when this change applies an operator's switchover
     switching: bool | None = None  # set when this change turns switching off (or back on)
     enable_id: int | None = None  # set when this change applies an operator's enable
+    renew: bool = False  # the same node, anew: it rejoined since (a new incarnation)
 
 
 def decide_group(group: Group, snap: Snapshot) -> Change | None:
@@ -117,6 +123,14 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
     if intent.admin == "halted":
         return (None, "halted by the operator") if node is not None else None
     if node is not None:
+        if (
+            eligible(node)
+            and cur is not None
+            and snap.incarnations.get(node, cur.incarnation) != (cur.incarnation)
+        ):
+            # Declared lost and back before the group moved: what it held then is void
+            # (it let go); it takes the group again only from a decision for who it is now.
+            return Change(node, f"node {node} rejoined: placed on it anew", renew=True)
         if eligible(node):
             switch = intent.switchover_to
             if cur is not None and intent.switchover_id > cur.switchover_id:
@@ -156,8 +170,19 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
         return landing(next_node(sequence, node, eligible), f"node {node} lost")
     if not switching:
         return None  # stays where it is (halted) until an operator enables switching
-    if snap.held_by.get(group.name):
-        return None  # released but still held by a live node: wait for its release
+    holders = snap.held_by.get(group.name)
+    if holders:
+        # Released but still held by a live node: wait for its release, within a bound. Past
+        # it, a holder that may run the group gets it back (it holds the address anyway).
+        if group.name not in snap.release_overdue:
+            return None
+        holder = next((n for n in sequence if n in holders and eligible(n)), None)
+        if holder is None:
+            return None
+        return holder, (
+            f"{holder} did not release the address within {snap.release_bound:g}s: "
+            f"placed back on {holder}"
+        )
     if cur is not None and cur.moving_to is not None and eligible(cur.moving_to):
         return cur.moving_to, "switchover"
     if eligible(group.preferred):
@@ -172,37 +197,53 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
 
 
 def decide(snap: Snapshot) -> list[Placement]:
-    """New placements (each with its epoch + 1) for every group whose placement must change."""
-    out: list[Placement] = []
-    for group in snap.spec.groups:
-        change = decide_group(group, snap)
-        if change is None:
-            continue
-        cur = snap.current.get(group.name)
-        if cur is None:
-            out.append(
-                Placement(group.name, change.node, 1, change.reason, moving_to=change.moving_to)
-            )
-            continue
-        if cur.node == change.node and change.switchover_id is None and change.enable_id is None:
-            continue
-        out.append(
-            msgspec.structs.replace(
-                cur,
-                node=change.node,
-                epoch=cur.epoch + 1,
-                reason=change.reason,
-                moving_to=change.moving_to,
-                switchover_id=(
-                    change.switchover_id if change.switchover_id is not None else cur.switchover_id
-                ),
-                switching=change.switching if change.switching is not None else cur.switching,
-                enable_id=change.enable_id if change.enable_id is not None else cur.enable_id,
-                banned={} if change.enable_id is not None else cur.banned,
-            )
+    """New placements for every group whose placement must change (epoch + 1 when it moves)."""
+    names = {g.name for g in snap.spec.groups} | set(snap.current)
+    return [p for name in sorted(names) if (p := decide_one(snap, name)) is not None]
+
+
+def decide_one(snap: Snapshot, name: str) -> Placement | None:
+    """The new placement of group ``name`` (in the file or only in the bucket), or None."""
+    cur = snap.current.get(name)
+    group = snap.spec.group(name)
+    if group is None:  # left the cluster file: release it, once
+        if cur is None or cur.node is None:
+            return None
+        return Placement(name, None, cur.epoch + 1, "group removed from the cluster file")
+    change = decide_group(group, snap)
+    if change is None:
+        return None
+    incarnation = snap.incarnations.get(change.node, 0) if change.node is not None else 0
+    if cur is None:
+        return Placement(
+            group.name,
+            change.node,
+            1,
+            change.reason,
+            moving_to=change.moving_to,
+            incarnation=incarnation,
         )
-    names = {g.name for g in snap.spec.groups}
-    for name, cur in sorted(snap.current.items()):
-        if name not in names and cur.node is not None:
-            out.append(Placement(name, None, cur.epoch + 1, "group removed from the cluster file"))
-    return out
+    if (
+        cur.node == change.node
+        and change.switchover_id is None
+        and change.enable_id is None
+        and not change.renew
+    ):
+        return None
+    # A new epoch only when the group moves (or is given anew): an operator's enable or a
+    # refused switchover leaves it where it is, and its app running.
+    moved = change.renew or (change.node, change.moving_to) != (cur.node, cur.moving_to)
+    return msgspec.structs.replace(
+        cur,
+        incarnation=incarnation if moved else cur.incarnation,
+        node=change.node,
+        epoch=cur.epoch + 1 if moved else cur.epoch,
+        reason=change.reason,
+        moving_to=change.moving_to,
+        switchover_id=(
+            change.switchover_id if change.switchover_id is not None else cur.switchover_id
+        ),
+        switching=change.switching if change.switching is not None else cur.switching,
+        enable_id=change.enable_id if change.enable_id is not None else cur.enable_id,
+        banned={} if change.enable_id is not None else cur.banned,
+    )

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import msgspec
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from vigil.wire.events import (
@@ -31,20 +32,27 @@ from vigil.wire.records import (
     AppStatus,
     Intent,
     NodeRecord,
-    NodeState,
     Placement,
     ServiceRecord,
 )
 
 from ..core.bus import Bus, encode, ensure_stream, get_record, kv
-from ..core.reconciler import Reconciler
+from ..core.errors import Conflict
+from ..core.reconciler import Reconciler, group_of
 from ..core.subjects import address_key
 from .offering import members
-from .rules import Snapshot, decide
+from .rules import Snapshot, decide_one
 
 log = logging.getLogger(__name__)
 
 COMMIT_WINDOW = 256  # placement writes in flight at once
+
+
+def release_bound(lease: float) -> float:
+    """How long a released group waits for a live node to let go of its address before it is
+    placed back on that node: long enough for the node's own repair, short of the 5 s in which
+    a cluster must converge after a fault heals."""
+    return max(2.0, 4 * lease)
 
 
 async def run_alert(command: str, kind: str, group: str, node: str | None, message: str) -> None:
@@ -76,22 +84,29 @@ async def run_alert(command: str, kind: str, group: str, node: str | None, messa
 
 
 class PlacementService(Reconciler):
+    window = COMMIT_WINDOW  # groups are independent: their writes go out together
+
     def __init__(self, bus: Bus) -> None:
         super().__init__(bus)
-        self.started = time.monotonic()
+        # When we first had a cluster file: nodes can only join once membership has it too, so
+        # the settle window counts from there, not from our own start.
+        self.started: float | None = None
+        self.settled = False  # every node had its time to join (see snapshot)
+        self.snap: Snapshot | None = None
+        self.waiting: dict[str, float] = {}  # group -> since when (monotonic) it waits
 
     async def run(self) -> None:
         s = self.bus.subjects
         await ensure_stream(self.bus)
         self.placement_bucket: KeyValue = await kv(self.bus, s.bucket_placement)
         self.nodes = self.cache(await kv(self.bus, s.bucket_nodes), NodeRecord)
-        self.placements = self.cache(self.placement_bucket, Placement)
+        self.placements = self.cache(self.placement_bucket, Placement, key_of=str)
         observed = await kv(self.bus, s.bucket_observed)
-        self.addresses = self.cache(observed, AddressStatus, keys="address.>")
-        self.apps = self.cache(observed, AppStatus, keys="app.>")
+        self.addresses = self.cache(observed, AddressStatus, keys="address.>", key_of=group_of)
+        self.apps = self.cache(observed, AppStatus, keys="app.>", key_of=group_of)
         self.services_bucket = await kv(self.bus, s.bucket_services)
-        self.services = self.cache(self.services_bucket, ServiceRecord)
-        self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent)
+        self.services = self.cache(self.services_bucket, ServiceRecord, key_of=lambda _: "")
+        self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent, key_of=str)
         await self.bus.subscribe(s.all_node_events, (NodeJoined, NodeLost), self.on_node)
         await self.bus.subscribe(
             s.all_address_events(), (AddressAcquired, AddressReleased), self.on_address
@@ -106,28 +121,14 @@ class PlacementService(Reconciler):
 
     # -- edge triggers: update the local view at once, then reconcile -------------------------
     async def on_node(self, event: NodeJoined | NodeLost) -> None:
-        state: NodeState = "lost" if isinstance(event, NodeLost) else "up"
-        cached = self.nodes.get(event.node)
-        if cached is not None and cached.state != state and event.ts < cached.since:
-            # Older than what the bucket says (a replica's late, buffered event): stale.
-            self.bus.drop(
-                self.bus.subjects.node_lost(event.node)
-                if state == "lost"
-                else self.bus.subjects.node_joined(event.node),
-                f"stale: node {event.node} {state} at {event.ts}, bucket says "
-                f"{cached.state} since {cached.since}",
-            )
-            return
-        rev = self.nodes.revision(event.node) or 0
-        self.nodes.note(event.node, rev, NodeRecord(name=event.node, state=state, since=event.ts))
-        self.dirty.set()
+        """A hint: the node's record in the bucket says what holds (a replica's late event,
+        or a stray one, changes nothing)."""
+        await self.nodes.reread(event.node)
+        self.mark_all()
 
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
-        key = address_key(event.node, event.group)
-        held = isinstance(event, AddressAcquired)
-        status = AddressStatus(event.group, event.node, event.address, held, event.epoch)
-        self.addresses.note(key, self.addresses.revision(key) or 0, status)
-        self.dirty.set()
+        await self.addresses.reread(address_key(event.node, event.group))
+        self.mark(event.group)
 
     async def on_app(self, event: AppFailed | AppStopFailed | AppStopped) -> None:
         """Remember where a group failed for good (a ban until its failure timeout) and where
@@ -164,7 +165,7 @@ class PlacementService(Reconciler):
                     msgspec.structs.replace(p, blocked_by=None) if p.blocked_by == node else p
                 ),
             )
-        self.dirty.set()
+        self.mark(event.group)
 
     async def amend(self, group: str, change: Callable[[Placement], Placement]) -> None:
         """Change a group's record without a new decision (same epoch), compare-and-set."""
@@ -197,35 +198,50 @@ class PlacementService(Reconciler):
         for status in self.addresses.values().values():
             if status.held and status.node in up:
                 held.setdefault(status.group, set()).add(status.node)
+        # Released groups still held somewhere: how long they have waited for the release.
+        mono = time.monotonic()
+        current = self.placements.values()
+        waiting = {g for g, nodes in held.items() if nodes and (p := current.get(g)) and not p.node}
+        self.waiting = {g: self.waiting.get(g, mono) for g in waiting}
+        bound = release_bound(spec.cluster.timing.lease)
         # Settled once every node had a lease's worth of time (plus slack) to say hello.
         settle = 3 * spec.cluster.timing.lease
+        if self.started is None:
+            self.started = mono
+        self.settled = mono - self.started >= settle or up >= {n.name for n in spec.nodes}
         return Snapshot(
             spec=spec,
             up=up,
             current=self.placements.values(),
             held_by=held,
-            settled=time.monotonic() - self.started >= settle or up >= {n.name for n in spec.nodes},
+            settled=self.settled,
             now=time.time(),
             intents=self.intents.values(),
             up_since={
                 n: r.since.timestamp() for n, r in self.nodes.values().items() if r.state == "up"
             },
+            release_overdue={g for g, t in self.waiting.items() if mono - t >= bound},
+            release_bound=bound,
+            incarnations={
+                n: r.incarnation for n, r in self.nodes.values().items() if r.state == "up"
+            },
         )
 
-    async def reconcile(self) -> None:
-        snap = self.snapshot()
-        if snap is None:
+    def keys(self) -> set[str]:
+        return super().keys() | set(self.placements.values())
+
+    async def prepare(self) -> None:
+        self.snap = self.snapshot()
+
+    async def reconcile_key(self, key: str) -> None:
+        snap = self.snap
+        if snap is None or key == "":
             return
-        decisions = decide(snap)
-        # Groups are independent: their compare-and-set writes go out together (pipelined on
-        # the one connection), so a node with a thousand groups moves in a few round trips.
-        window = asyncio.Semaphore(COMMIT_WINDOW)
+        decision = decide_one(snap, key)
+        if decision is not None:
+            await self.commit(decision, snap.current.get(key))
 
-        async def commit(decision: Placement) -> None:
-            async with window:
-                await self.commit(decision, snap.current.get(decision.group))
-
-        await asyncio.gather(*(commit(d) for d in decisions))
+    async def after_batch(self) -> None:
         await self.reconcile_services()
 
     async def reconcile_services(self) -> None:
@@ -245,11 +261,16 @@ class PlacementService(Reconciler):
         for g in spec.groups:
             p = placements.get(g.name)
             intent = intents.get(g.name)
-            if (
+            if intent is not None and intent.admin != "run":
+                continue
+            if p is None and not self.settled:
+                # Not placed yet: the rules wait for its preferred node to join until the
+                # cluster has settled, so its app is still expected (rules.py, "starting").
+                starting.add(g.name)
+            elif (
                 p is not None
                 and p.node in up
                 and (g.on_failover == "restart" or p.node == g.preferred)
-                and (intent is None or intent.admin == "run")
             ):
                 starting.add(g.name)  # its app is expected to run: on its way up
         for service in spec.services:
@@ -299,14 +320,19 @@ class PlacementService(Reconciler):
         """Store with compare-and-set; publish only when this replica's write won."""
         key = decision.group
         try:
-            if previous is None:
+            if key in self.placements.unreadable and previous is None:
+                # a record that does not decode is ours to rewrite (compare-and-set on it)
+                log.warning("rewriting the unreadable placement record of %s", key)
+                last = self.placements.unreadable[key]
+                revision = await self.placement_bucket.update(key, encode(decision), last=last)
+            elif previous is None:
                 revision = await self.placement_bucket.create(key, encode(decision))
             else:
                 last = self.placements.revision(key) or 0
                 revision = await self.placement_bucket.update(key, encode(decision), last=last)
-        except Exception as exc:
-            log.info("placement of %s changed under us (%s); will re-read", key, exc)
-            return
+        except KeyWrongLastSequenceError as exc:
+            await self.reread(key)
+            raise Conflict(f"placement of {key} changed under us") from exc
         self.placements.note(key, revision, decision)
         log.info(
             "group %s -> %s (epoch %d): %s", key, decision.node, decision.epoch, decision.reason
@@ -329,6 +355,10 @@ class PlacementService(Reconciler):
                 await self.down_for_the_dead(key, key, decision.epoch)
         if previous is not None and previous.switching and not decision.switching:
             await self.switching_disabled(decision)
+
+    async def reread(self, key: str) -> None:
+        """After a lost compare-and-set: take the winner's record into the cache at once."""
+        await self.placements.reread(key)
 
     async def switching_disabled(self, decision: Placement) -> None:
         """Announce it once (only the replica whose write won gets here) and run the alert."""

@@ -45,6 +45,3 @@ class RestartTracker:
             )
         jitter = self.rng.uniform(0.8, 1.2)
         return Restart(self.policy.backoff * 2 ** (n - 1) * jitter, n)
-
-    def reset(self) -> None:
-        self.failures.clear()

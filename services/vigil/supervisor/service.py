@@ -36,7 +36,7 @@ from vigil.wire.records import (
 )
 
 from ..core.bus import Bus, encode, kv
-from ..core.reconciler import Reconciler, note_placement
+from ..core.reconciler import Reconciler, group_of
 from ..core.stray import wait_until_listed
 from ..core.subjects import address_key, app_key
 from .lifecycle import GroupRun
@@ -63,6 +63,7 @@ class Supervisor(Reconciler):
         self.announced: dict[str, str] = {}  # group -> "up" / "down", as last announced here
         self.local_ban: dict[str, float] = {}  # group -> unix time: failed for good here
         self.tg: asyncio.TaskGroup | None = None
+        self.want: dict[str, int] = {}  # the current batch's groups to run here, with epochs
 
     def log_path(self, group: str) -> Path:
         return self.state_dir / "logs" / f"{group}.log"
@@ -71,12 +72,16 @@ class Supervisor(Reconciler):
         s = self.bus.subjects
         await wait_until_listed(self.bus, self.config, self.node, "supervisor")
         self.observed = await kv(self.bus, s.bucket_observed)
-        self.placements = self.cache(await kv(self.bus, s.bucket_placement), Placement)
-        self.addresses = self.cache(self.observed, AddressStatus, keys=f"address.{self.node}.>")
-        self.apps = self.cache(self.observed, AppStatus, keys="app.>")
+        self.placements = self.cache(await kv(self.bus, s.bucket_placement), Placement, key_of=str)
+        self.addresses = self.cache(
+            self.observed, AddressStatus, keys=f"address.{self.node}.>", key_of=group_of
+        )
+        self.apps = self.cache(self.observed, AppStatus, keys="app.>", key_of=group_of)
         self.nodes = self.cache(await kv(self.bus, s.bucket_nodes), NodeRecord)
-        self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent)
-        self.services = self.cache(await kv(self.bus, s.bucket_services), ServiceRecord)
+        self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent, key_of=str)
+        self.services = self.cache(
+            await kv(self.bus, s.bucket_services), ServiceRecord, key_of=lambda _: ""
+        )
         await self.config.refresh()
         await self.forget_previous_life()
         await self.bus.subscribe(s.all_placements, PlacementDecided, self.on_placement)
@@ -108,14 +113,14 @@ class Supervisor(Reconciler):
                 if self.isolated:
                     log.warning("back in contact with the bus: reconciling")
                     self.isolated = False
-                    self.dirty.set()
+                    self.mark_all()
             elif not self.isolated and time.monotonic() - last_ok > fence:
                 log.error(
                     "no contact with the bus for %.1fs: halting every group here",
                     time.monotonic() - last_ok,
                 )
                 self.isolated = True
-                self.dirty.set()
+                self.mark_all()
             await asyncio.sleep(heartbeat)
 
     async def forget_previous_life(self) -> None:
@@ -127,19 +132,23 @@ class Supervisor(Reconciler):
 
     # -- edge triggers -------------------------------------------------------------------------
     async def on_placement(self, event: PlacementDecided) -> None:
-        if note_placement(self.placements, event):
-            self.dirty.set()
+        """A hint: re-read the decision when it may concern us; the bucket is the truth."""
+        cached = self.placements.get(event.group)
+        if self.node in (event.node, event.previous, event.moving_to) or (
+            cached is not None and cached.node == self.node
+        ):
+            await self.placements.reread(event.group)
+        self.mark(event.group)
 
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
-        key = address_key(self.node, event.group)
-        held = isinstance(event, AddressAcquired)
-        status = AddressStatus(event.group, self.node, event.address, held, event.epoch)
-        self.addresses.note(key, self.addresses.revision(key) or 0, status)
-        if not held and event.group in self.pending_down:
+        await self.addresses.reread(address_key(self.node, event.group))
+        # Our own node's address service says it released the address (it records it right
+        # after): the halt method's last step is done.
+        if isinstance(event, AddressReleased) and event.group in self.pending_down:
             # Halt method, last step: the address is gone, so the service is down here.
             epoch = self.pending_down.pop(event.group)
             await self.service_down(event.group, epoch, self.down_reason.get(event.group, "user"))
-        self.dirty.set()
+        self.mark(event.group)
 
     async def on_logs(self, msg: Msg) -> None:
         group = msg.data.decode(errors="replace").strip()
@@ -194,17 +203,24 @@ class Supervisor(Reconciler):
                 return status.node
         return None
 
-    async def reconcile(self) -> None:
-        wanted = self.wanted()
-        for name, run in self.runs.items():
-            if name not in wanted:
-                self.down_reason.setdefault(name, "user")
-                await run.halt()
-            else:
-                run.epoch = wanted[name]
-        for name, epoch in wanted.items():
-            if name not in self.runs:
-                self.begin(name, epoch)
+    def keys(self) -> set[str]:
+        return super().keys() | set(self.runs)
+
+    async def prepare(self) -> None:
+        self.want = self.wanted()
+
+    async def reconcile_key(self, key: str) -> None:
+        run = self.runs.get(key)
+        epoch = self.want.get(key)
+        if run is not None and epoch is None:
+            self.down_reason.setdefault(key, "user")
+            await run.halt()
+        elif run is not None and epoch is not None:
+            run.epoch = epoch
+        elif epoch is not None:
+            self.begin(key, epoch)
+
+    async def after_batch(self) -> None:
         await self.announce_services()
 
     async def announce_services(self) -> None:
@@ -265,7 +281,7 @@ class Supervisor(Reconciler):
         finally:
             if self.runs.get(run.name) is run:
                 del self.runs[run.name]
-            self.dirty.set()
+            self.mark(run.name)
 
     def env(self, group: str) -> dict[str, str]:
         spec = self.config.spec
@@ -338,7 +354,7 @@ class Supervisor(Reconciler):
         self.down_reason.pop(group, None)
         self.local_ban.pop(group, None)
         self.announced[group] = "up"
-        self.dirty.set()  # named services offered by this group come up with it
+        self.mark(group)  # named services offered by this group come up with it
         await self.bus.publish(
             self.bus.subjects.service(group, "up", self.node),
             ServiceUp(
@@ -393,7 +409,7 @@ class Supervisor(Reconciler):
         self.spawn_watchdog(group, f"app failed: {reason}")
         await self.service_down(group, epoch, "failure")
         await self.put_status(group, running=False, epoch=epoch)
-        self.dirty.set()
+        self.mark(group)
 
     async def app_stopped(self, group: str, epoch: int, code: int | None) -> None:
         log.info("stopped %s (epoch %d)", group, epoch)
