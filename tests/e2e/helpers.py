@@ -77,12 +77,6 @@ def group_of(view: dict[str, Any], name: str) -> dict[str, Any]:
     return next(g for g in view["groups"] if g["name"] == name)
 
 
-def misread(view: dict[str, Any]) -> bool:
-    """``vigil status`` sometimes reads the placement bucket as empty (see
-    test_failover.py::watch_placement): every epoch 0 is a misread, not a state."""
-    return all(g["epoch"] == 0 for g in view["groups"])
-
-
 # -- a FAN client in the client namespace ---------------------------------------------------------
 class ServiceWatcher:
     """``ServiceClient`` for ``service``, run in the client namespace; its reports collected."""
@@ -225,7 +219,7 @@ class BehLab:
         def check() -> dict[str, Any] | None:
             view = self.status()
             last[0] = view
-            return view if not misread(view) and ok(view) else None
+            return view if ok(view) else None
 
         deadline = time.monotonic() + timeout
         while True:
@@ -266,18 +260,16 @@ class BehLab:
         )
 
     def stays(self, name: str, node: str | None, epoch: int, seconds: float) -> int:
-        """Group ``name`` keeps ``node`` and ``epoch`` in every readable status sample for
-        ``seconds``; returns how many samples were read."""
-        readable = 0
+        """Group ``name`` keeps ``node`` and ``epoch`` in every status sample for ``seconds``
+        (a read that fails fails the test: ``vigil status`` never reports a failed read as an
+        empty cluster); returns how many samples were read."""
+        samples = 0
         end = time.monotonic() + seconds
-        while time.monotonic() < end or readable < 2:
-            view = self.status()
-            if misread(view):
-                continue
-            g = group_of(view, name)
+        while time.monotonic() < end or samples < 2:
+            g = group_of(self.status(), name)
             assert (g["node"], g["epoch"]) == (node, epoch), f"{name} moved: {g}"
-            readable += 1
-        return readable
+            samples += 1
+        return samples
 
     def endpoints(self, service: str) -> list[tuple[str, str, str]]:
         out = json.loads(self.vigil("endpoints", service, "-o", "json").stdout)
@@ -455,7 +447,7 @@ def _read(lab: Operated, ok: Callable[[dict[str, Any]], bool], timeout: float, w
     def check() -> bool:
         view = lab.status()
         last[0] = view
-        return not misread(view) and ok(view)
+        return ok(view)
 
     wait_until(check, timeout, lambda: f"{what}; status: {last[0]}", interval=0.1)
 

@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import nats
 import pytest
-from helpers import VIGIL, Probe, _conftest, alive, in_netns, report, run, wait_until
+from helpers import VIGIL, Probe, alive, in_netns, report, run, wait_until
 
 from vigil.lab.netns import pids_in
+from vigil.testing.netns import mac
+from vigil.testing.observers import ArpWatch
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -41,8 +43,6 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 N3_IP = "10.213.0.13"  # node n3's own address (third node)
-ArpWatch = _conftest.ArpWatch
-mac = _conftest.mac
 
 
 def lab(prefix: str, *args: str, timeout: float = 90) -> Any:
@@ -179,7 +179,7 @@ class TestProductionTopology:
     def test_node_loss_fails_over_with_a_nats_server_and_a_membership_replica_down(
         self, require_netns: None, topo_lab: Prefix
     ) -> None:
-        probe = Probe(topo_lab.name, "10.213.0.101:8080")
+        probe = Probe(topo_lab.ns("client"), "10.213.0.101:8080")
         try:
             wait_until(lambda: probe.served_by("n1", 0), 20, "web1 served by n1")
             server = a_server_leading(topo_lab.name, critical=False)
@@ -296,7 +296,7 @@ class TestProductionTopology:
         view = status(topo_lab.name)
         victim = group(view, "web1")["node"]
         survivor = next(n for n in ("n1", "n2", "n3") if n != victim and n != "n1")
-        probe = Probe(topo_lab.name, "10.213.0.101:8080")
+        probe = Probe(topo_lab.ns("client"), "10.213.0.101:8080")
         try:
             wait_until(lambda: probe.served_by(victim, 0), 20, f"web1 served by {victim}")
             lab(topo_lab.name, "kill", "--no-restart", a_server_leading(topo_lab.name, True))
