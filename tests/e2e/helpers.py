@@ -12,6 +12,7 @@ that catches an address held by two nodes at once (``AddressSampler``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
@@ -30,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from vigil.cli import intents
 from vigil.lab.lab import BUS_IP, NATS_PORT, Lab, LabState, lab_dir
 from vigil.lab.netns import namespaces
 from vigil.testing.events import BusThread, Recorder, Seen
@@ -422,6 +424,7 @@ class Operated(Protocol):
 
     lab: Lab
     events: Recorder
+    bus: BusThread
 
     @property
     def url(self) -> str: ...
@@ -459,23 +462,23 @@ def _home(g: dict[str, Any]) -> bool:
 
 
 def at_once(lab: Operated, verb: str, groups: list[str]) -> None:
-    """``vigil VERB GROUP`` for every group at once (each CLI call takes a while on a busy
-    machine; one after the other, the first groups would serve long before the last is placed)."""
-    calls = [
-        (
-            name,
-            subprocess.Popen(
-                [VIGIL, verb, name, "--nats", lab.url],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
-        )
-        for name in groups
-    ]
-    for name, call in calls:
-        _, err = call.communicate(timeout=60)
-        assert call.returncode == 0, f"vigil {verb} {name}: {err.strip()}"
+    """``vigil VERB GROUP`` for every group at once: the operator's intents, written together
+    through the lab's bus connection (CLI processes started side by side still land up to a
+    second apart on a busy machine, and the first groups would serve before the last is even
+    asked to run: not the lab's start these tests mean to reproduce)."""
+    bus = lab.bus.bus
+    assert bus is not None
+
+    async def one(name: str) -> None:
+        if verb == "enable":
+            await intents.enable(bus, name)
+        else:
+            await intents.set_admin(bus, name, "halted" if verb == "halt" else "run")
+
+    async def every() -> None:
+        await asyncio.gather(*(one(name) for name in groups))
+
+    lab.bus.call(every(), timeout=60)
 
 
 def settle(lab: Operated, timeout: float = 60.0, cycle: list[str] | None = None) -> int:
