@@ -389,6 +389,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         Path(args.state_dir),
         args.nats,
         args.nats_servers,
+        secure=not args.insecure,
     )
 
 
@@ -600,6 +601,11 @@ def parser() -> argparse.ArgumentParser:
         choices=[1, 3],
         default=3,
         help="embedded NATS servers: 3, a JetStream cluster with R3 (default), or 1",
+    )
+    u.add_argument(
+        "--insecure",
+        action="store_true",
+        help="embedded NATS without auth or TLS: anyone who reaches it is root here (speed only)",
     )
     u.set_defaults(func=cmd_up)
 
