@@ -210,6 +210,7 @@ class Chaos:
         self.state = state
         self.converge = converge
         self.urls = ",".join(state.host_urls)
+        self.creds = lab.creds_args(state, "operator")
         self.vigil = [sys.executable, "-m", "vigil.cli.main"]
         self.loop = asyncio.new_event_loop()
         self.bus: Bus | None = None
@@ -302,7 +303,7 @@ class Chaos:
             if g["switching"] == "disabled" and g["name"] not in enabled:
                 enabled.add(g["name"])
                 subprocess.run(
-                    [*self.vigil, "enable", g["name"], "--nats", self.urls],
+                    [*self.vigil, "enable", g["name"], "--nats", self.urls, *self.creds],
                     capture_output=True,
                     timeout=20,
                 )

@@ -313,6 +313,7 @@ class LabBench:
         """``vigil ARGS --nats <the lab's door>``, as an operator would type it."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "vigil.cli.main", *args, "--nats", self.state.host_url,
+            *self.lab.creds_args(self.state, "operator"),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         out, _ = await proc.communicate()

@@ -37,7 +37,7 @@ from vigil.cli.main import EXAMPLE
 from vigil.core.config import load_file
 from vigil.lab.lab import CLIENT_IP, Lab, LabState, lab_dir
 from vigil.lab.netns import pids_in
-from vigil.testing.labs import Prefix, lab_teardown
+from vigil.testing.labs import Prefix, lab_creds_args, lab_teardown
 from vigil.testing.netns import (
     IFNAME,
     addresses,
@@ -122,7 +122,8 @@ class LabRun:
 
     def status(self) -> dict[str, Any]:
         """``vigil status -o json`` against this lab's door."""
-        proc = run([VIGIL, "status", "-o", "json", "--nats", self.url])
+        creds = lab_creds_args(self.prefix.name, "reader")
+        proc = run([VIGIL, "status", "-o", "json", "--nats", self.url, *creds])
         assert proc.returncode == 0, f"vigil status failed: {proc.stderr.strip()}"
         view: dict[str, Any] = json.loads(proc.stdout)
         return view

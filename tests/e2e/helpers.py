@@ -35,7 +35,7 @@ from vigil.cli import intents
 from vigil.lab.lab import BUS_IP, NATS_PORT, Lab, LabState, lab_dir
 from vigil.lab.netns import namespaces
 from vigil.testing.events import BusThread, Recorder, Seen
-from vigil.testing.labs import Prefix, lab_teardown
+from vigil.testing.labs import Prefix, lab_creds_args, lab_creds_env, lab_teardown
 from vigil.testing.lines import JsonLines
 from vigil.testing.netns import addresses, in_netns, netns_gate
 from vigil.testing.probe import Probe
@@ -86,7 +86,8 @@ class ServiceWatcher:
     def __init__(self, lab: BehLab, service: str, duration: float = 300.0) -> None:
         self.service = service
         self.stderr = (lab.tmp / f"watcher-{service}.err").open("w")
-        argv = ["ip", "netns", "exec", lab.ns("client"), sys.executable, "-m"]
+        creds = [f"{k}={v}" for k, v in lab_creds_env(lab.prefix.name, "reader").items()]
+        argv = ["ip", "netns", "exec", lab.ns("client"), "env", *creds, sys.executable, "-m"]
         argv += ["vigil.testing.fanclient", f"nats://{BUS_IP}:{NATS_PORT}", service, str(duration)]
         self.lines: JsonLines[dict[str, Any]] = JsonLines(argv, dict, stderr=self.stderr)
 
@@ -201,7 +202,9 @@ class BehLab:
 
     # -- the operator's command line --------------------------------------------------------
     def vigil(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = run([VIGIL, *args, "--nats", self.url])
+        proc = run(
+            [VIGIL, *args, "--nats", self.url, *lab_creds_args(self.prefix.name, "operator")]
+        )
         if check:
             assert proc.returncode == 0, f"vigil {' '.join(args)}: {proc.stderr.strip()}"
         return proc
@@ -399,7 +402,9 @@ def behaviour_lab(
         lab = Lab(prefix.name)
         state = lab.up(spec, nats_servers=1)  # one server: speed (test_lab_topology runs 3)
         prefix.note_pids()
-        bus = BusThread(state.host_url, "e2e-behaviours")
+        bus = BusThread(
+            state.host_url, "e2e-behaviours", credentials=lab.credentials(state, "operator")
+        )
         beh = BehLab(prefix, lab, state, spec, bus.recorder, bus, tmp)
         yield beh
     finally:

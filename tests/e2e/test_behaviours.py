@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from collections import Counter
@@ -56,6 +57,7 @@ from helpers import (
 )
 
 from vigil.core.config import load_data
+from vigil.core.credentials import Credentials
 from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import (
     AddressAcquired,
@@ -909,17 +911,21 @@ class TestMoves:
         info = json.loads(proc.stdout)
         url = info["nats_url"]
         assert url == moves.url and url.startswith("nats://127.0.0.1:"), info
+        # the lab is secure: info hands out the reader's seed file and the CA
+        reader = Credentials(Path(info["creds"]["reader"]), Path(info["ca"]))
 
         async def watch() -> list[tuple[str, dict[str, Any]]]:
             """A plain NATS subscription (no Vigil code) while an operator moves fbm home."""
-            nc = await nats.connect(url)
+            nc = await nats.connect(url, **reader.options([url]))
             got: list[tuple[str, dict[str, Any]]] = []
             try:
                 sub = await nc.subscribe("vigil.>")
                 await nc.flush()
+                # VIGIL_LAB: the command finds the lab's operator credentials by itself
                 cli = await asyncio.create_subprocess_exec(
-                    VIGIL, "switchover", "fbm", "--to", "n1", "--nats", url
-                )
+                    VIGIL, "switchover", "fbm", "--to", "n1", "--nats", url,
+                    env={**os.environ, "VIGIL_LAB": moves.prefix.name},
+                )  # fmt: skip
                 assert await cli.wait() == 0
                 deadline = time.monotonic() + STEP
                 while time.monotonic() < deadline:

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import sysconfig
 import time
@@ -23,12 +24,17 @@ from typing import TYPE_CHECKING, Any
 import nats
 import pytest
 from nats.js.api import ConsumerConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, KeyNotFoundError
 
 import vigil.client
+from vigil.core.bus import Bus, BusError
+from vigil.core.credentials import Credentials
 from vigil.core.subjects import Subjects
 from vigil.lab.lab import LabState, lab_dir
 from vigil.lab.netns import namespaces, pids_in
+from vigil.lab.specs import generated_data
+from vigil.secure.permissions import buckets
+from vigil.testing.labs import lab_credentials, lab_creds_args
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -46,20 +52,66 @@ def lab_url(prefix: Prefix) -> str:
     return state.host_url
 
 
-async def kv_consumers(url: str) -> dict[str, int]:
+async def connect_as(prefix: Prefix, role: str, url: str, **kw: Any) -> nats.NATS:
+    """A plain NATS client holding the lab's credentials for ``role``."""
+    options = lab_credentials(prefix.name, role).options([url])
+    return await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0, **options, **kw)
+
+
+async def kv_consumers(prefix: Prefix, url: str) -> dict[str, int]:
     """How many consumers each key-value bucket's stream has on the server."""
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    nc = await connect_as(prefix, "reader", url)
     try:
-        infos = await nc.jetstream().streams_info()
-        return {
-            i.config.name: i.state.consumer_count for i in infos if i.config.name.startswith("KV_")
-        }
+        js = nc.jetstream()
+        streams = [f"KV_{b}" for b in buckets(Subjects())]
+        return {n: (await js.stream_info(n)).state.consumer_count for n in streams}
     finally:
         await nc.close()
 
 
 def lab_cli(tools: type[Tools], prefix: str, *args: str) -> Any:
     return tools.run([tools.VIGIL, "lab", "--prefix", prefix, *args], timeout=90)
+
+
+class Refusals:
+    """The server's permission errors to one client (its ``error_cb``)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    async def note(self, exc: Exception) -> None:
+        self.errors.append(str(exc).lower())
+
+    async def expect(self, nc: nats.NATS, subject: str, timeout: float = 5.0) -> None:
+        """Publish on ``subject`` and wait for the server to refuse it by name."""
+        await nc.publish(subject, b'{"forged": true}')
+        await nc.flush(timeout=5)
+        deadline = time.monotonic() + timeout
+        want = f'permissions violation for publish to "{subject.lower()}"'
+        while not any(want in e for e in self.errors):
+            assert time.monotonic() < deadline, f"not refused: {subject} ({self.errors})"
+            await asyncio.sleep(0.05)
+
+
+async def assert_absent(nc: nats.NATS, key: str) -> None:
+    """No forged key reached a bucket: what the server refused is nowhere."""
+    js = nc.jetstream()
+    for bucket in buckets(Subjects()):
+        with contextlib.suppress(KeyNotFoundError):
+            await (await js.key_value(bucket)).get(key)
+            pytest.fail(f"{bucket} holds {key}")
+
+
+def operator_cli(prefix: Prefix, *args: str) -> Any:
+    """``vigil ARGS`` with no URL nor credentials: VIGIL_LAB names the lab, whose door and
+    operator credentials the command finds by itself."""
+    env = {**os.environ, "VIGIL_LAB": prefix.name}
+    env.pop("VIGIL_NATS_URL", None)
+    env.pop("VIGIL_CREDS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "vigil.cli.main", *args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="class")
@@ -135,22 +187,29 @@ class TestLabCli:
         proc = lab_cli(tools, cli_lab.name, "freeze", "n9")
         assert proc.returncode == 1 and "unknown node 'n9'" in proc.stderr
 
-        # a plain NATS client on the host: the server answers, with JetStream and Vigil's buckets
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+        # the lab is secure: info hands out the CA and every role's seed file, 0600
+        assert os.stat(info["ca"]).st_size > 0
+        files = [info["creds"]["operator"], info["creds"]["reader"]]
+        assert list(info["creds"]["nodes"]) == ["n1", "n2"]
+        for f in [*files, *info["creds"]["nodes"].values()]:
+            assert os.stat(f).st_mode & 0o777 == 0o600, f
+
+        # a plain NATS client on the host with the reader's file: the server answers, with
+        # JetStream and Vigil's buckets, and the events come through
+        reader = Credentials(Path(info["creds"]["reader"]), Path(info["ca"]))
+        nc = await nats.connect(
+            url, connect_timeout=5, max_reconnect_attempts=0, **reader.options([url])
+        )
         try:
             await nc.flush(timeout=5)
             assert nc.is_connected and nc.connected_server_version.major >= 2
             js = nc.jetstream()
-            account = await js.account_info()
-            assert account.streams >= 1
             placement = await js.key_value(Subjects().bucket_placement)
             entry = await placement.get("web1")
             assert json.loads(entry.value)["node"] == "n1"
-            # and a round trip through the bus: what we publish comes back
-            sub = await nc.subscribe("ve2e.echo")
-            await nc.publish("ve2e.echo", b"ping")
-            msg = await sub.next_msg(timeout=5)
-            assert msg.data == b"ping"
+            sub = await nc.subscribe(Subjects().all_events)
+            await nc.flush(timeout=5)
+            assert sub.subject == "vigil.>"
         finally:
             await nc.close()
 
@@ -158,13 +217,14 @@ class TestLabCli:
         self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
     ) -> None:
         url = lab_url(cli_lab)
-        baseline = await kv_consumers(url)
+        baseline = await kv_consumers(cli_lab, url)
+        creds = lab_creds_args(cli_lab.name, "reader")
         for _ in range(3):
-            proc = tools.run([tools.VIGIL, "status", "-o", "json", "--nats", url])
+            proc = tools.run([tools.VIGIL, "status", "-o", "json", "--nats", url, *creds])
             assert proc.returncode == 0, proc.stderr
         # the CLI has exited: whatever it created on the server should go with it
         deadline = time.monotonic() + 5
-        while (now := await kv_consumers(url)) != baseline:
+        while (now := await kv_consumers(cli_lab, url)) != baseline:
             assert time.monotonic() < deadline, (
                 f"consumers per bucket stream: before {baseline}, after 3 x vigil status {now}"
             )
@@ -179,7 +239,7 @@ class TestLabCli:
         never exit 0 with a cluster where nothing runs (it used to print every group halted at
         epoch 0, because any failure to list a bucket read as "empty")."""
         url = lab_url(cli_lab)
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+        nc = await connect_as(cli_lab, "operator", url)
         js = nc.jetstream()
         stream = f"KV_{Subjects().bucket_placement}"
         filled: list[str] = []
@@ -187,14 +247,16 @@ class TestLabCli:
             for i in range(5000):  # bounded; the server refuses at its limit (1000 here)
                 name = f"ve2efill{i}"
                 try:
-                    await js.add_consumer(stream, ConsumerConfig(durable_name=name))
+                    # named (CONSUMER.CREATE.<stream>.<name>): what a role may ask for
+                    await js.add_consumer(stream, ConsumerConfig(durable_name=name, name=name))
                 except BadRequestError as exc:
                     assert exc.err_code == 10026, exc  # maximum consumers limit reached
                     break
                 filled.append(name)
             else:
                 pytest.fail("the server never refused a consumer")
-            proc = tools.run([tools.VIGIL, "status", "-o", "json", "--nats", url])
+            creds = lab_creds_args(cli_lab.name, "reader")
+            proc = tools.run([tools.VIGIL, "status", "-o", "json", "--nats", url, *creds])
         finally:
             for name in filled:
                 with contextlib.suppress(Exception):
@@ -207,6 +269,86 @@ class TestLabCli:
         assert (web1["node"], web1["mode"]) == ("n1", "normal") and web1["epoch"] >= 1, (
             f"vigil status exited 0 with a view of a cluster that does not exist: {proc.stdout}"
         )
+
+    async def test_anonymous_clients_are_refused(
+        self, require_netns: None, cli_lab: Prefix
+    ) -> None:
+        url = lab_url(cli_lab)
+        ca = lab_credentials(cli_lab.name, "reader").tls_ca
+        for creds in (Credentials(), Credentials(tls_ca=ca)):  # plaintext, then TLS, no user
+            with pytest.raises(BusError) as refused:
+                await Bus.connect([url], Subjects(), "e2e", persistent=False, credentials=creds)
+            assert "TLS" in str(refused.value) or "authorization" in str(refused.value), refused
+
+    async def test_the_reader_watches_and_writes_nothing(
+        self, require_netns: None, cli_lab: Prefix
+    ) -> None:
+        s = Subjects()
+        url = lab_url(cli_lab)
+        refusals = Refusals()
+        nc = await connect_as(cli_lab, "reader", url, error_cb=refusals.note)
+        try:
+            sub = await nc.subscribe(s.all_events)
+            await nc.flush(timeout=5)
+            # an event: the operator halts and runs web2 (`vigil` finds the lab's operator
+            # credentials by itself through VIGIL_LAB)
+            for verb in ("halt", "run"):
+                assert operator_cli(cli_lab, verb, "web2").returncode == 0
+            msg = await sub.next_msg(timeout=10)
+            assert msg.subject.startswith("vigil."), msg.subject
+            for bucket in buckets(s):
+                await refusals.expect(nc, f"$KV.{bucket}.ve2e-reader")
+            await refusals.expect(nc, s.config_applied)
+            await refusals.expect(nc, s.heartbeat("n1"))
+            await assert_absent(nc, "ve2e-reader")
+        finally:
+            await nc.close()
+
+    async def test_a_node_speaks_only_for_itself(
+        self, require_netns: None, cli_lab: Prefix
+    ) -> None:
+        s = Subjects()
+        url = lab_url(cli_lab)
+        refusals = Refusals()
+        nc = await connect_as(cli_lab, "node-n1", url, error_cb=refusals.note)
+        try:
+            # it reads what it needs (so the refusals below are about n2, not a dead client)
+            placement = await nc.jetstream().key_value(s.bucket_placement)
+            assert json.loads((await placement.get("web1")).value)["node"] == "n1"
+            await refusals.expect(nc, s.heartbeat("n2"))
+            await refusals.expect(nc, "vigil.address.n2.acquired")
+            await refusals.expect(nc, "vigil.app.n2.started")
+            await refusals.expect(nc, s.service("web2", "up", "n2"))
+            await refusals.expect(nc, f"$KV.{s.bucket_observed}.address.n2.ve2e-n1")
+            await refusals.expect(nc, f"$KV.{s.bucket_nodes}.n2")
+            await refusals.expect(nc, f"$KV.{s.bucket_placement}.web2")
+            await assert_absent(nc, "ve2e-n1")
+        finally:
+            await nc.close()
+
+    def test_operator_commands_use_the_labs_credentials(
+        self, require_netns: None, cli_lab: Prefix, tmp_path: Path
+    ) -> None:
+        proc = operator_cli(cli_lab, "status", "-o", "json")
+        assert proc.returncode == 0, proc.stderr
+        view = json.loads(proc.stdout)
+        assert {g["name"] for g in view["groups"]} == {"web1", "web2"}, view
+        assert operator_cli(cli_lab, "halt", "web1").returncode == 0
+        assert operator_cli(cli_lab, "run", "web1").returncode == 0
+        spec = tmp_path / "lab.yaml"
+        spec.write_text(
+            json.dumps(generated_data(2))
+        )  # JSON is YAML: what `lab up --nodes 2` applied
+        proc = operator_cli(cli_lab, "apply", "-f", str(spec))
+        assert proc.returncode == 0, proc.stderr
+        deadline = time.monotonic() + 60
+        while True:  # web1 back home after halt + run
+            groups = json.loads(operator_cli(cli_lab, "status", "-o", "json").stdout)["groups"]
+            web1 = next(g for g in groups if g["name"] == "web1")
+            if (web1["node"], web1["mode"]) == ("n1", "normal"):
+                break
+            assert time.monotonic() < deadline, f"web1 not back on n1: {web1}"
+            time.sleep(0.2)
 
     def test_down_cleans_up_after_a_crashed_lab(
         self, require_netns: None, cli_lab: Prefix, tools: type[Tools]

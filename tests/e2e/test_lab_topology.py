@@ -30,8 +30,12 @@ from typing import TYPE_CHECKING, Any
 import nats
 import pytest
 from helpers import VIGIL, Probe, alive, in_netns, report, run, wait_until
+from nats.js.api import StreamInfo
 
+from vigil.core.subjects import Subjects
 from vigil.lab.netns import pids_in
+from vigil.secure.permissions import buckets
+from vigil.testing.labs import lab_credentials, lab_creds_args
 from vigil.testing.netns import mac
 from vigil.testing.observers import ArpWatch
 
@@ -59,7 +63,7 @@ def info(prefix: str) -> dict[str, Any]:
 def status(prefix: str) -> dict[str, Any]:
     """``vigil status -o json`` through every door (any one server may be down)."""
     urls = ",".join(info(prefix)["nats_urls"])
-    proc = run([VIGIL, "status", "-o", "json", "--nats", urls])
+    proc = run([VIGIL, "status", "-o", "json", "--nats", urls, *lab_creds_args(prefix, "reader")])
     return json.loads(proc.stdout) if proc.returncode == 0 else {}
 
 
@@ -113,14 +117,23 @@ def arp_answers(client: str, node_ns: str, host: str, window: float = 0.5) -> bo
         watch.stop()
 
 
-async def stream_leaders(urls: list[str]) -> dict[str, str]:
-    """Which server leads each stream (bucket or history)."""
-    nc = await nats.connect(urls, connect_timeout=5, max_reconnect_attempts=1)
+async def streams_info(prefix: str, urls: list[str]) -> list[StreamInfo]:
+    """Every bucket's stream and the history, as the lab's reader sees them (listing every
+    stream is no role's right)."""
+    s = Subjects()
+    options = lab_credentials(prefix, "reader").options(urls)
+    nc = await nats.connect(urls, connect_timeout=5, max_reconnect_attempts=1, **options)
     try:
-        infos = await nc.jetstream().streams_info()
-        return {i.config.name: i.cluster.leader for i in infos if i.cluster and i.cluster.leader}
+        js = nc.jetstream()
+        return [await js.stream_info(n) for n in [*(f"KV_{b}" for b in buckets(s)), s.stream]]
     finally:
         await nc.close()
+
+
+async def stream_leaders(prefix: str, urls: list[str]) -> dict[str, str]:
+    """Which server leads each stream (bucket or history)."""
+    infos = await streams_info(prefix, urls)
+    return {i.config.name: i.cluster.leader for i in infos if i.cluster and i.cluster.leader}
 
 
 CRITICAL = ("KV_vigil_nodes", "KV_vigil_placement", "KV_vigil_observed")
@@ -130,7 +143,7 @@ def a_server_leading(prefix: str, critical: bool) -> str:
     """A NATS server that leads the node records' stream (``critical``), or, else, one that
     leads as few of the compare-and-set buckets as possible (today killing the leader of
     ``KV_vigil_nodes`` stops failovers: see ``test_..._the_nodes_bucket_leader_down``)."""
-    leaders = asyncio.run(stream_leaders(info(prefix)["nats_urls"]))
+    leaders = asyncio.run(stream_leaders(prefix, info(prefix)["nats_urls"]))
     if critical:
         return leaders["KV_vigil_nodes"]
     servers = ["nats-1", "nats-2", "nats-3"]
@@ -140,13 +153,9 @@ def a_server_leading(prefix: str, critical: bool) -> str:
     )
 
 
-async def stream_copies(urls: list[str]) -> dict[str, int]:
-    nc = await nats.connect(urls, connect_timeout=5, max_reconnect_attempts=1)
-    try:
-        infos = await nc.jetstream().streams_info()
-        return {i.config.name: 1 + len(i.cluster.replicas or []) if i.cluster else 1 for i in infos}
-    finally:
-        await nc.close()
+async def stream_copies(prefix: str, urls: list[str]) -> dict[str, int]:
+    infos = await streams_info(prefix, urls)
+    return {i.config.name: 1 + len(i.cluster.replicas or []) if i.cluster else 1 for i in infos}
 
 
 @pytest.fixture(scope="class")
@@ -172,7 +181,7 @@ class TestProductionTopology:
             assert isinstance(proc["pid"], int) and alive(proc["pid"]), (name, proc)
             assert alive(proc["keeper"]) and proc["pid"] != proc["keeper"], (name, proc)
         assert now["node_states"]["n1"] == {"running": True, "frozen": False, "partitioned": False}
-        copies = asyncio.run(stream_copies(now["nats_urls"]))
+        copies = asyncio.run(stream_copies(topo_lab.name, now["nats_urls"]))
         assert copies and set(copies.values()) == {3}, copies
         assert {"KV_vigil_nodes", "KV_vigil_placement", "VIGIL_EVENTS"} <= set(copies), copies
 

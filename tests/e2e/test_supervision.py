@@ -56,6 +56,7 @@ from vigil.core.config import load_data
 from vigil.lab.lab import Lab, LabState, lab_dir
 from vigil.lab.netns import namespaces, pids_in
 from vigil.testing.events import BusThread, Recorder, Seen
+from vigil.testing.labs import lab_creds_args
 from vigil.testing.netns import netns_gate as gate
 from vigil.testing.procs import alive, cmdline, process_group, run
 from vigil.testing.waiting import wait_until as until
@@ -212,13 +213,14 @@ class SupLab:
         return self.state.ns(who)
 
     def vigil(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = run([VIGIL, *args, "--nats", self.url])
+        proc = run([VIGIL, *args, "--nats", self.url, *lab_creds_args(self.prefix, "operator")])
         if check:
             assert proc.returncode == 0, f"vigil {' '.join(args)}: {proc.stderr.strip()}"
         return proc
 
     def status(self) -> dict[str, Any]:
-        proc = run([VIGIL, "status", "-o", "json", "--nats", self.url])
+        creds = lab_creds_args(self.prefix, "reader")
+        proc = run([VIGIL, "status", "-o", "json", "--nats", self.url, *creds])
         assert proc.returncode == 0, f"vigil status failed: {proc.stderr.strip()}"
         view: dict[str, Any] = json.loads(proc.stdout)
         return view
@@ -266,6 +268,7 @@ class SupLab:
 
     def logs(self, group: str, node: str | None = None) -> str:
         argv = [VIGIL, "logs", group, "--nats", self.url, "-n", "1000"]
+        argv += lab_creds_args(self.prefix, "operator")
         proc = run([*argv, "--node", node] if node else argv)
         assert proc.returncode == 0, f"vigil logs {group} failed: {proc.stderr.strip()}"
         return proc.stdout
@@ -303,7 +306,9 @@ def sup_lab() -> Iterator[SupLab]:
             os.chown(base / node / "redis", redis_user.pw_uid, redis_user.pw_gid)
         spec = cluster_spec(base)
         state = lab.up(spec, nats_servers=1)  # one server: speed (test_lab_topology runs 3)
-        bus = BusThread(state.host_url, "e2e-supervision")
+        bus = BusThread(
+            state.host_url, "e2e-supervision", credentials=lab.credentials(state, "operator")
+        )
         yield SupLab(prefix, base, lab, state, spec, bus.recorder, bus)
     finally:
         if bus is not None:

@@ -1,5 +1,6 @@
 """``vigil up`` with no NATS URL: three embedded servers in a JetStream cluster (R3), two
-membership and two placement replicas, each restarted when it dies; ``vigil status`` works."""
+membership and two placement replicas, each restarted when it dies; ``vigil status`` works with
+the operator's credentials, and an anonymous client is refused (secure by default)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import nats
+import pytest
+
+from vigil.core.bus import Bus, BusError
+from vigil.core.credentials import Credentials
+from vigil.core.subjects import Subjects
+from vigil.secure.bundle import Bundle
+from vigil.secure.permissions import buckets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,13 +51,25 @@ class Output:
             time.sleep(0.05)
 
 
-async def stream_copies(urls: str) -> dict[str, int]:
-    nc = await nats.connect(urls.split(","), connect_timeout=5, max_reconnect_attempts=1)
+async def stream_copies(urls: str, reader: Credentials) -> dict[str, int]:
+    servers = urls.split(",")
+    options = reader.options(servers)
+    nc = await nats.connect(servers, connect_timeout=5, max_reconnect_attempts=1, **options)
     try:
-        infos = await nc.jetstream().streams_info()
+        js = nc.jetstream()
+        s = Subjects()
+        names = [*(f"KV_{b}" for b in buckets(s)), s.stream]
+        infos = [await js.stream_info(n) for n in names]
         return {i.config.name: 1 + len(i.cluster.replicas or []) if i.cluster else 1 for i in infos}
     finally:
         await nc.close()
+
+
+async def refused(urls: str, ca: Path) -> None:
+    with pytest.raises(BusError, match="authorization"):
+        await Bus.connect(
+            urls.split(","), Subjects(), "t", persistent=False, credentials=Credentials(tls_ca=ca)
+        )
 
 
 def test_up_runs_three_nats_servers_two_replicas_each_and_restarts_them(tmp_path: Path) -> None:
@@ -71,10 +91,22 @@ def test_up_runs_three_nats_servers_two_replicas_each_and_restarts_them(tmp_path
         for i in (1, 2, 3):
             assert (tmp_path / "nats" / f"nats-{i}" / "jetstream").is_dir()
         out.wait(lambda ln: re.search(r"vigil: (running) ", ln), 30, "that it runs")
+        bundle = Bundle(tmp_path / "secure")
+        creds = ["--creds", str(bundle.creds("operator")), "--tls-ca", str(bundle.ca)]
         deadline = time.monotonic() + 30
         while True:
             status = subprocess.run(
-                [sys.executable, "-m", "vigil.cli.main", "status", "-o", "json", "--nats", url],
+                [
+                    sys.executable,
+                    "-m",
+                    "vigil.cli.main",
+                    "status",
+                    "-o",
+                    "json",
+                    "--nats",
+                    url,
+                    *creds,
+                ],
                 capture_output=True,
                 text=True,
                 env=env,
@@ -86,7 +118,8 @@ def test_up_runs_three_nats_servers_two_replicas_each_and_restarts_them(tmp_path
         view = json.loads(status.stdout)
         assert [n["name"] for n in view["nodes"]] == ["n1", "n2", "n3"]
         assert all(n["state"] == "lost" for n in view["nodes"])  # no node agent runs here
-        copies = asyncio.run(stream_copies(url))
+        copies = asyncio.run(stream_copies(url, Credentials(bundle.creds("reader"), bundle.ca)))
+        asyncio.run(refused(url, bundle.ca))
         assert copies and set(copies.values()) == {3}, copies
 
         # every replica is there, and one that dies is started again

@@ -14,6 +14,7 @@ import sys
 from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -25,6 +26,9 @@ from ..core.bus import Bus, BusError, nats_urls
 from ..core.credentials import Credentials, redact
 from ..core.subjects import Subjects
 
+if TYPE_CHECKING:
+    from ..lab.lab import LabState
+
 # The example cluster files ship inside the package, so an installed wheel finds them too.
 EXAMPLE = Path(str(files("vigil.lab") / "examples" / "lab.yaml"))
 
@@ -34,15 +38,33 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
+def _lab_state(args: argparse.Namespace) -> LabState | None:
+    from ..lab.lab import LabState
+
+    # VIGIL_LAB names the lab, as it does for ``vigil lab`` (these commands have no --prefix)
+    return LabState.load(os.environ.get("VIGIL_LAB") or getattr(args, "prefix", None) or "vlab")
+
+
 def client_urls(args: argparse.Namespace) -> list[str]:
     """For operator commands: --nats, VIGIL_NATS_URL, else the running lab's door, else local."""
     if args.nats or os.environ.get("VIGIL_NATS_URL"):
         return nats_urls(args.nats)
-    from ..lab.lab import LabState
-
-    # VIGIL_LAB names the lab, as it does for ``vigil lab`` (these commands have no --prefix)
-    state = LabState.load(os.environ.get("VIGIL_LAB") or getattr(args, "prefix", None) or "vlab")
+    state = _lab_state(args)
     return state.host_urls if state else nats_urls(None)
+
+
+def client_credentials(args: argparse.Namespace, urls: list[str]) -> Credentials:
+    """An operator command's credentials: --creds and friends, else VIGIL_CREDS, else, against
+    a secure lab's doors, the lab's operator credentials."""
+    given = credentials(args)
+    if given != Credentials():
+        return given
+    state = _lab_state(args)
+    if state is None or not state.secure or not set(urls) <= set(state.host_urls):
+        return given
+    from ..lab.lab import Lab
+
+    return Lab(state.prefix).credentials(state, "operator")
 
 
 def credentials(args: argparse.Namespace) -> Credentials:
@@ -66,12 +88,13 @@ async def cli_bus(args: argparse.Namespace) -> Bus:
     # asyncio warns about every TLS connection closed by the server's EOF; a command says
     # what went wrong itself, in one line
     logging.getLogger("asyncio").setLevel(logging.ERROR)
+    urls = client_urls(args)
     bus = await Bus.connect(
-        client_urls(args),
+        urls,
         Subjects.from_env(),
         "cli",
         persistent=False,
-        credentials=credentials(args),
+        credentials=client_credentials(args, urls),
     )
     args.denied = bus.denied
     return bus
@@ -366,6 +389,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         Path(args.state_dir),
         args.nats,
         args.nats_servers,
+        secure=not args.insecure,
     )
 
 
@@ -381,12 +405,12 @@ def cmd_lab(args: argparse.Namespace) -> int:
     try:
         if args.lab_command == "up":
             spec = lab_spec(args)
-            state = lab.up(spec, nats_servers=args.nats_servers)
+            state = lab.up(spec, nats_servers=args.nats_servers, secure=not args.insecure)
             print(
                 f"lab {args.prefix} is up: {len(state.nodes)} nodes, "
                 f"{state.nats_servers} NATS server(s) at {','.join(state.host_urls)}"
             )
-            print(f"  watch it:  nats sub -s {state.host_url} 'vigil.>'")
+            print(f"  watch it:  {watch_hint(lab, state)}")
             print("  status:    vigil status")
         elif args.lab_command == "down":
             removed = lab.down()
@@ -438,10 +462,18 @@ def cmd_lab(args: argparse.Namespace) -> int:
         elif args.lab_command == "demo":
             from ..lab.demo import run_demo
 
-            return run_demo(lab, lab_spec(args), args.nats_servers)
+            return run_demo(lab, lab_spec(args), args.nats_servers, secure=not args.insecure)
     except (LabError, config_mod.ConfigError) as exc:
         return fail(f"lab {args.lab_command}: {exc}")
     return 0
+
+
+def watch_hint(lab: Any, state: LabState) -> str:
+    """The `nats` CLI line that watches the lab (its --nkey takes the bundle's seed files)."""
+    if not state.secure:
+        return f"nats sub -s {state.host_url} 'vigil.>'"
+    b = lab.bundle
+    return f"nats sub -s {state.host_url} --nkey {b.creds('reader')} --tlsca {b.ca} 'vigil.>'"
 
 
 def lab_spec(args: argparse.Namespace) -> ClusterSpec:
@@ -570,6 +602,11 @@ def parser() -> argparse.ArgumentParser:
         default=3,
         help="embedded NATS servers: 3, a JetStream cluster with R3 (default), or 1",
     )
+    u.add_argument(
+        "--insecure",
+        action="store_true",
+        help="embedded NATS without auth or TLS: anyone who reaches it is root here (speed only)",
+    )
     u.set_defaults(func=cmd_up)
 
     sec = sub.add_parser("secure", help="credentials, permissions and TLS for the bus")
@@ -613,6 +650,11 @@ def parser() -> argparse.ArgumentParser:
             choices=[1, 3],
             default=3,
             help="3: a JetStream cluster, R3 (default, as in production); 1: lighter, faster",
+        )
+        sp.add_argument(
+            "--insecure",
+            action="store_true",
+            help="no auth, no TLS: anyone who reaches the bus is root on every node (speed only)",
         )
     ls.add_parser("down", help="remove every namespace and process of the lab")
     kill = ls.add_parser(

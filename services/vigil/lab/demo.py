@@ -119,7 +119,7 @@ class Probe:
         raise LabError(f"the client never saw {what} within {timeout:g}s")
 
 
-async def demo(lab: Lab, spec: ClusterSpec, nats_servers: int = 3) -> None:
+async def demo(lab: Lab, spec: ClusterSpec, nats_servers: int = 3, secure: bool = True) -> None:
     group = spec.groups[0]
     victim = group.preferred
     print(
@@ -127,7 +127,7 @@ async def demo(lab: Lab, spec: ClusterSpec, nats_servers: int = 3) -> None:
         f"{nats_servers} NATS server(s), 2 membership + 2 placement replicas "
         f"(watch along: vigil lab info; nats sub 'vigil.>')"
     )
-    state = await asyncio.to_thread(lab.up, spec, 60.0, nats_servers)
+    state = await asyncio.to_thread(lab.up, spec, 60.0, nats_servers, secure=secure)
     print(f"    every group runs on its preferred node; client at {CLIENT_IP}")
     bus = await lab.connect(state, "demo")
     events: list[Event] = []
@@ -187,9 +187,9 @@ async def demo(lab: Lab, spec: ClusterSpec, nats_servers: int = 3) -> None:
         await bus.close()
 
 
-def run_demo(lab: Lab, spec: ClusterSpec, nats_servers: int = 3) -> int:
+def run_demo(lab: Lab, spec: ClusterSpec, nats_servers: int = 3, secure: bool = True) -> int:
     try:
-        asyncio.run(demo(lab, spec, nats_servers))
+        asyncio.run(demo(lab, spec, nats_servers, secure))
     finally:
         lab.down()
         print(f"==> lab {lab.prefix} removed")

@@ -23,7 +23,10 @@ from ..core import embedded
 from ..core import status as status_mod
 from ..core.bus import Bus, ensure_stream, kv
 from ..core.clusterconfig import store
+from ..core.credentials import Credentials
 from ..core.subjects import Subjects
+from ..secure import bundle as bundle_mod
+from ..secure.serverconf import member_conf
 from . import keeper
 from .netns import LabError, exec_in, ip, namespaces, pids_in
 
@@ -66,6 +69,8 @@ class LabState:
     host_ports: list[int] = field(default_factory=list)  # the host's door to each server
     frozen: list[str] = field(default_factory=list)
     partitioned: list[str] = field(default_factory=list)
+    # auth + TLS (the default): every process has its role's credentials (``Lab.bundle``)
+    secure: bool = True
 
     @property
     def host_urls(self) -> list[str]:
@@ -161,6 +166,24 @@ class Lab:
         state.save()
         return record
 
+    # -- credentials ---------------------------------------------------------------------------
+    @property
+    def bundle(self) -> bundle_mod.Bundle:
+        """The lab's credentials, CA and server configs (``vigil secure init`` for its nodes)."""
+        return bundle_mod.Bundle(self.dir / "secure")
+
+    def credentials(self, state: LabState, role: str) -> Credentials:
+        """What ``role`` (operator, reader, membership, placement, node-<name>) connects with;
+        nothing in an insecure lab."""
+        if not state.secure:
+            return Credentials()
+        return Credentials(self.bundle.creds(role), self.bundle.ca)
+
+    def creds_args(self, state: LabState, role: str) -> list[str]:
+        if not state.secure:
+            return []
+        return ["--creds", str(self.bundle.creds(role)), "--tls-ca", str(self.bundle.ca)]
+
     def status_file(self, role: str) -> Path:
         return self.dir / f"{role}.keeper.json"
 
@@ -172,7 +195,7 @@ class Lab:
 
     def start_node(self, state: LabState, node: str) -> None:
         ns = state.ns(node)
-        common = ["--nats", state.bus_url]
+        common = ["--nats", state.bus_url, *self.creds_args(state, f"node-{node}")]
         self.spawn(
             state,
             f"{node}-address",
@@ -187,10 +210,18 @@ class Lab:
         )
 
     # -- up ------------------------------------------------------------------------------------
-    def up(self, spec: ClusterSpec, timeout: float = 60.0, nats_servers: int = 3) -> LabState:
+    def up(
+        self,
+        spec: ClusterSpec,
+        timeout: float = 60.0,
+        nats_servers: int = 3,
+        *,
+        secure: bool = True,
+    ) -> LabState:
         """Build the lab and wait until every group runs on its preferred node. The default is
-        the production topology: three NATS servers (R3), two membership and two placement
-        replicas; ``nats_servers=1`` is a lighter lab for speed."""
+        the production topology: three NATS servers (R3) with auth and TLS (clients and
+        routes), two membership and two placement replicas; ``nats_servers=1`` is a lighter
+        lab, ``secure=False`` an anonymous, plaintext one."""
         if nats_servers not in (1, 3):
             raise LabError(f"nats_servers: {nats_servers} (1 or 3)")
         if LabState.load(self.prefix) is not None or any(
@@ -201,8 +232,17 @@ class Lab:
         if self.dir.exists():
             shutil.rmtree(self.dir)  # a lab starts fresh: no bus state or logs of an older one
         ports = [embedded.free_port() for _ in range(nats_servers)]
-        state = LabState(self.prefix, nodes, ports[0], nats_servers=nats_servers, host_ports=ports)
+        state = LabState(
+            self.prefix, nodes, ports[0], nats_servers=nats_servers, host_ports=ports, secure=secure
+        )
         state.save()
+        if secure:  # the host reaches the servers as 127.0.0.1, the lab's processes as BUS_IP
+            bundle_mod.init(
+                self.bundle.dir,
+                nodes,
+                subjects=Subjects(),
+                names=[*bundle_mod.DEFAULT_NAMES, BUS_IP],
+            )
         try:
             self.build_network(state)
             self.start_bus(state)
@@ -255,7 +295,12 @@ class Lab:
         """The NATS servers, the host's doors to them, and the buckets."""
         bus = state.ns("bus")
         ports = [NATS_PORT + i for i in range(state.nats_servers)]
-        for i, argv in enumerate(embedded.cluster_commands(BUS_IP, ports, self.dir)):
+        commands = (
+            self.secure_server_commands(state, ports)
+            if state.secure
+            else embedded.cluster_commands(BUS_IP, ports, self.dir)
+        )
+        for i, argv in enumerate(commands):
             self.spawn(state, f"nats-{i + 1}", bus, argv)
         doors = [f"{port}={BUS_IP}:{to}" for port, to in zip(state.host_ports, ports, strict=True)]
         self.spawn(
@@ -269,16 +314,40 @@ class Lab:
             embedded.wait_ready("127.0.0.1", port)
         asyncio.run(self.prepare_bus(state))
 
+    def secure_server_commands(self, state: LabState, ports: list[int]) -> list[list[str]]:
+        """One config file per server beside the bundle's auth.conf (includes are relative)."""
+        cluster_ports = [p + 2000 for p in ports]
+        routes = [f"{BUS_IP}:{p}" for p in cluster_ports] if len(ports) > 1 else None
+        out = []
+        for i, (port, cluster_port) in enumerate(zip(ports, cluster_ports, strict=True)):
+            name = f"nats-{i + 1}"
+            conf = self.bundle.dir / f"{name}.conf"
+            conf.write_text(
+                member_conf(
+                    name,
+                    f"{BUS_IP}:{port}",
+                    str(self.dir / name / "jetstream"),
+                    cluster_listen=f"{BUS_IP}:{cluster_port}" if routes else None,
+                    routes=routes,
+                )
+            )
+            out.append([embedded.server_binary(), "--config", str(conf)])
+        return out
+
     def start_replicas(self, state: LabState, role: str) -> None:
         for i in range(REPLICAS):
-            argv = self.vigil(role, "--name", f"bus-{i + 1}", "--nats", state.bus_url)
+            argv = self.vigil(
+                role, "--name", f"bus-{i + 1}", "--nats", state.bus_url,
+                *self.creds_args(state, role),
+            )  # fmt: skip
             self.spawn(state, f"{role}-{i + 1}", state.ns("bus"), argv)
 
     async def prepare_bus(self, state: LabState) -> None:
         """Once JetStream can place them, create the buckets and the history with one copy per
         server (up to three) before anything else may create them with its own default."""
         copies = min(3, state.nats_servers)
-        await embedded.wait_jetstream(state.host_urls, copies)
+        if not state.secure:  # (the probe's stream is no role's; kv() retries until placed)
+            await embedded.wait_jetstream(state.host_urls, copies)
         bus = await self.connect(state, "lab")
         try:
             s = bus.subjects
@@ -319,7 +388,13 @@ class Lab:
         deadline = time.monotonic() + 10
         while True:
             try:
-                return await Bus.connect(state.host_urls, Subjects(), service, name="host")
+                return await Bus.connect(
+                    state.host_urls,
+                    Subjects(),
+                    service,
+                    name="host",
+                    credentials=self.credentials(state, "operator"),
+                )
             except Exception:
                 if time.monotonic() > deadline:
                     raise
@@ -476,9 +551,19 @@ class Lab:
             }
             for i, (url, host) in enumerate(zip(state.bus_urls, state.host_urls, strict=True))
         }
+        b = self.bundle
         return {
             "prefix": state.prefix,
             "nats_url": state.host_url,
+            "secure": state.secure,
+            "ca": str(b.ca) if state.secure else None,
+            "creds": {
+                "operator": str(b.creds("operator")),
+                "reader": str(b.creds("reader")),
+                "nodes": {n: str(b.creds(f"node-{n}")) for n in state.nodes},
+            }
+            if state.secure
+            else {},
             "nats_urls": state.host_urls,
             "nodes": state.nodes,
             "node_states": {

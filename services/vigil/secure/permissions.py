@@ -120,6 +120,7 @@ def membership(s: Subjects) -> Permissions:
     return Permissions(
         publish=[s.all_node_events, _write(s.bucket_nodes, "*"), *_read_all(s), *_create_all(s)],
         subscribe=[s.all_heartbeats, s.config_applied],
+        responses=True,  # a heartbeat asks for a lease: the grant is the answer
     )
 
 

@@ -103,3 +103,35 @@ def server_conf(listen: str) -> str:
             "",
         ]
     )
+
+
+def member_conf(
+    name: str,
+    listen: str,
+    store_dir: str,
+    *,
+    cluster_listen: str | None = None,
+    routes: list[str] | None = None,
+) -> str:
+    """One server of a lab or `vigil up`, with its JetStream store; with ``cluster_listen`` and
+    ``routes`` (every member's ``host:port``) a member of the cluster ``vigil``, routes TLS.
+    Lives beside ``auth.conf``: nats-server resolves includes from the file's own directory."""
+    lines = [
+        "# Written by the lab: one secured server.",
+        f"server_name: {_q(name)}",
+        f"listen: {_q(listen)}",
+        f"jetstream {{ store_dir: {_q(store_dir)} }}",
+        'include "auth.conf"',
+    ]
+    if cluster_listen is not None:
+        lines += [
+            "cluster {",
+            '  name: "vigil"',
+            f"  listen: {_q(cluster_listen)}",
+            f"  routes: {_list([f'nats-route://{r}' for r in routes or []])}",
+            # clients are given every URL; a server must not advertise others to them
+            "  no_advertise: true",
+            '  include "route-tls.conf"',
+            "}",
+        ]
+    return "\n".join([*lines, ""])

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from vigil.core.bus import Bus
+from vigil.core.credentials import Credentials
 from vigil.core.subjects import Subjects
 from vigil.wire.events import AnyEvent, Event
 
@@ -220,7 +221,15 @@ class BusThread:
     (which replays what happened before we connected, then goes on in stored order). Lets plain
     synchronous code (e2e tests, the lab benchmarks) watch the cluster and call it."""
 
-    def __init__(self, url: str, name: str = "harness", subjects: Subjects | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str = "harness",
+        subjects: Subjects | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
+        """``credentials``: a secure lab's (``Lab.credentials``); the reader's to watch, the
+        operator's to apply through ``bus`` too."""
         self.recorder = Recorder()
         self.subjects = subjects or Subjects()
         self.loop = asyncio.new_event_loop()
@@ -229,7 +238,7 @@ class BusThread:
         self.bus: Bus | None = None
         self._sub: Any = None
         try:
-            self.call(self._connect(url, name), timeout=20)
+            self.call(self._connect(url, name, credentials), timeout=20)
         except BaseException:
             self.close()
             raise
@@ -238,11 +247,14 @@ class BusThread:
         """Run ``coro`` on the bus's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    async def _connect(self, url: str, name: str) -> None:
-        self.bus = await Bus.connect([url], self.subjects, "harness", name=name)
+    async def _connect(self, url: str, name: str, credentials: Credentials | None) -> None:
+        self.bus = await Bus.connect(
+            [url], self.subjects, "harness", name=name, credentials=credentials or Credentials()
+        )
         recorder = self.recorder
         self._sub = await self.bus.js.subscribe(
             self.subjects.all_events,
+            stream=self.subjects.stream,  # named: looking it up by subject is no role's right
             cb=recorder.on_msg,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,

@@ -6,6 +6,7 @@ import shutil
 import signal
 from dataclasses import dataclass, field
 
+from vigil.core.credentials import Credentials
 from vigil.lab.lab import Lab, LabState, lab_dir
 from vigil.lab.netns import pids_in
 
@@ -35,6 +36,25 @@ class Prefix:
             self.pids.update(p.pid for p in state.procs)
         for ns in self.namespaces():
             self.pids.update(pids_in(ns))
+
+
+def lab_credentials(prefix: str, role: str) -> Credentials:
+    """What ``role`` (operator, reader, node-<name>, ...) connects to the lab ``prefix`` with:
+    its nkey seed and the lab's CA (nothing for a lab brought up ``--insecure``)."""
+    lab = Lab(prefix)
+    return lab.credentials(lab.state(), role)
+
+
+def lab_creds_args(prefix: str, role: str) -> list[str]:
+    """``--creds FILE --tls-ca CA`` for a ``vigil`` command run as ``role`` against the lab."""
+    lab = Lab(prefix)
+    return lab.creds_args(lab.state(), role)
+
+
+def lab_creds_env(prefix: str, role: str) -> dict[str, str]:
+    """``VIGIL_CREDS`` and ``VIGIL_TLS_CA`` for a process run as ``role`` against the lab."""
+    c = lab_credentials(prefix, role)
+    return {k: str(v) for k, v in (("VIGIL_CREDS", c.creds), ("VIGIL_TLS_CA", c.tls_ca)) if v}
 
 
 def lab_teardown(prefix: Prefix, keep_logs: bool = True) -> None:
