@@ -38,7 +38,7 @@ async def test_placement_reads_records_with_a_field_it_does_not_know(
     rec = await record(client, s.all_placements)
     await start_placement(services, client, s, up=[])
     # Placement read both: it continues the epoch and skips the lost node.
-    moved = await rec.wait(of(PlacementDecided, group="web1"))
+    moved = await rec.expect(of(PlacementDecided, group="web1"))
     assert (moved.node, moved.previous, moved.epoch) == ("n2", "n1", 8), moved
 
 

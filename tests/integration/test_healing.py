@@ -72,7 +72,7 @@ async def test_a_stray_placement_event_with_a_big_epoch_changes_nothing(
     apps = await record(client, s.all_app_events("n1"))
     sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path)
     services.spawn(sup.run(), "supervisor-n1")
-    started = await apps.wait(of(AppStarted, group="g1", epoch=3))
+    started = await apps.expect(of(AppStarted, group="g1", epoch=3))
 
     stray = PlacementDecided(
         source="placement@nowhere", seq=1, ts=now(), group="g1", node=None, previous="n1",
@@ -83,7 +83,7 @@ async def test_a_stray_placement_event_with_a_big_epoch_changes_nothing(
 
     # The bucket is what counts: a real decision stops it.
     await stage.placed(None, 4)
-    await apps.wait(of(AppStopped, group="g1"), since=apps.after(started))
+    await apps.expect(of(AppStopped, group="g1"), since=apps.after(started))
 
 
 async def test_enable_on_a_running_group_does_not_restart_its_app(
@@ -99,10 +99,10 @@ async def test_enable_on_a_running_group_does_not_restart_its_app(
     sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path)
     services.spawn(sup.run(), "supervisor-n1")
     services.spawn(PlacementService(await services.bus("placement", "p1")).run(), "placement")
-    started = await apps.wait(of(AppStarted, group="g1", epoch=3))
+    started = await apps.expect(of(AppStarted, group="g1", epoch=3))
 
     await stage.intents.put("g1", encode(Intent("g1", enable_id=1)))
-    enabled = await placements.wait(of(PlacementDecided, group="g1", node="n1"))
+    enabled = await placements.expect(of(PlacementDecided, group="g1", node="n1"))
     assert enabled.epoch == 3 and "enabled" in enabled.reason, enabled
     stored = await get_record(stage.placement, "g1", Placement)
     assert stored is not None and stored.switching and stored.enable_id == 1
@@ -123,12 +123,12 @@ async def test_enable_after_halting_on_the_last_node_ends_placed(
     placements = await record(client, s.all_placements)
     services.spawn(PlacementService(await services.bus("placement", "p1")).run(), "placement")
     await stage.intents.put("g1", encode(Intent("g1", enable_id=1)))
-    enabled = await placements.wait(of(PlacementDecided, group="g1", epoch=5))
+    enabled = await placements.expect(of(PlacementDecided, group="g1", epoch=5))
     assert enabled.node is None and "enabled" in enabled.reason
     # Either n3 records the release (its address service's repair) and g1 goes to n1, or the
     # release never comes and g1 goes back to the node that holds its address.
     bound = release_bound(LEASE)
-    placed = await placements.wait(
+    placed = await placements.expect(
         of(PlacementDecided, group="g1", epoch=6), timeout=bound + DEADLINE
     )
     assert placed.node == "n3" and "did not release" in placed.reason, placed
@@ -146,9 +146,9 @@ async def test_a_failback_whose_release_never_comes_ends_placed(
     await stage.held("n2", 2)
     placements = await record(client, s.all_placements)
     services.spawn(PlacementService(await services.bus("placement", "p1")).run(), "placement")
-    back = await placements.wait(of(PlacementDecided, group="g1", epoch=3))
+    back = await placements.expect(of(PlacementDecided, group="g1", epoch=3))
     assert (back.node, back.moving_to) == (None, "n1") and "failback" in back.reason
-    placed = await placements.wait(
+    placed = await placements.expect(
         of(PlacementDecided, group="g1", epoch=4), timeout=release_bound(LEASE) + DEADLINE
     )
     assert placed.node == "n2" and "did not release" in placed.reason, placed
@@ -164,9 +164,9 @@ async def test_a_failback_whose_release_is_recorded_lands_on_the_preferred_node(
     await stage.held("n2", 2)
     placements = await record(client, s.all_placements)
     services.spawn(PlacementService(await services.bus("placement", "p1")).run(), "placement")
-    await placements.wait(of(PlacementDecided, group="g1", epoch=3, node=None))
+    await placements.expect(of(PlacementDecided, group="g1", epoch=3, node=None))
     await stage.held("n2", 3, held=False)
-    placed = await placements.wait(of(PlacementDecided, group="g1", epoch=4))
+    placed = await placements.expect(of(PlacementDecided, group="g1", epoch=4))
     assert placed.node == "n1", placed
 
 
@@ -179,7 +179,7 @@ async def test_a_garbage_placement_record_is_rewritten_by_placement(
     await stage.placement.put("g1", b"\x00not json")
     placements = await record(client, s.all_placements)
     services.spawn(PlacementService(await services.bus("placement", "p1")).run(), "placement")
-    placed = await placements.wait(of(PlacementDecided, group="g1"))
+    placed = await placements.expect(of(PlacementDecided, group="g1"))
     assert placed.node == "n1"
     stored = await get_record(stage.placement, "g1", Placement)
     assert stored is not None and stored.node == "n1"
@@ -197,6 +197,6 @@ async def test_a_garbage_node_record_does_not_stop_the_node_joining(
     hearts = Hearts(client, s)
     hearts.beating = {"n1", "n2"}
     services.spawn(hearts.run(), "hearts")
-    await events.wait(of(NodeJoined, node="n1"))
+    await events.expect(of(NodeJoined, node="n1"))
     stored = await get_record(stage.nodes, "n1", NodeRecord)
     assert stored is not None and stored.state == "up"

@@ -35,7 +35,7 @@ async def test_the_lease_is_membership_s_answer_and_a_lost_node_comes_back_anew(
     s = subjects
     rec = await record(client, s.all_node_events)
     replicas, hearts = await start_membership(services, client, s, replicas=2)
-    await rec.wait(of(NodeJoined, node="n1"))
+    await rec.expect(of(NodeJoined, node="n1"))
     grant = await ask(client, hearts, "n1")
     assert grant.node == "n1" and grant.incarnation == 1
     assert grant.ttl == pytest.approx(LEASE - 2 * 0.05)
@@ -44,12 +44,12 @@ async def test_the_lease_is_membership_s_answer_and_a_lost_node_comes_back_anew(
 
     mark = rec.mark()
     hearts.beating.discard("n1")
-    await rec.wait(of(NodeLost, node="n1"), since=mark)
+    await rec.expect(of(NodeLost, node="n1"), since=mark)
     # Back after it was declared lost: granted only as a new incarnation (its address service
     # lets go of everything it held before it takes that lease).
     again = await ask(client, hearts, "n1")
     assert again.incarnation == 2
-    await rec.wait(of(NodeJoined, node="n1"), since=mark)
+    await rec.expect(of(NodeJoined, node="n1"), since=mark)
     assert len(rec.matching(of(NodeLost, node="n1"))) == 1
 
 
@@ -82,8 +82,8 @@ async def test_after_a_nats_restart_every_node_is_learned_again_and_none_declare
         hearts = Hearts(watcher, s)
         hearts.beating = {"n1", "n2"}
         tasks.append(asyncio.create_task(hearts.run()))
-        await rec.wait(of(NodeJoined, node="n1"))
-        await rec.wait(of(NodeJoined, node="n2"))
+        await rec.expect(of(NodeJoined, node="n1"))
+        await rec.expect(of(NodeJoined, node="n2"))
 
         proc.terminate()
         proc.wait(timeout=10)
@@ -101,7 +101,7 @@ async def test_after_a_nats_restart_every_node_is_learned_again_and_none_declare
                 assert r is not None and r.state == "up", r
         # ... and a node that stays silent after the restart is still lost.
         hearts.beating.discard("n2")
-        await rec.wait(of(NodeLost, node="n2"), since=mark, timeout=DEADLINE)
+        await rec.expect(of(NodeLost, node="n2"), since=mark, timeout=DEADLINE)
         await watcher.close()
     finally:
         for task in tasks:
