@@ -29,6 +29,7 @@ import ctypes
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -393,6 +394,15 @@ def report(outcomes: list[Outcome], seed: int, converge: float, macs: dict[str, 
     return "\n".join(lines) + "\n"
 
 
+def keep_logs(lab: Lab, seed: int) -> None:
+    """The services' logs of a schedule that never converged, before the lab is rebuilt."""
+    kept = Path(f"/tmp/vigil-chaos/{lab.prefix}-seed{seed}")
+    kept.mkdir(parents=True, exist_ok=True)
+    for log in lab.dir.glob("*.log"):
+        shutil.copy(log, kept / log.name)
+    print(f"seed {seed}: logs kept in {kept}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seed", type=int, default=1)
@@ -431,6 +441,7 @@ def main() -> int:
                         flush=True,
                     )
                     if out.converged_s is None or out.error:
+                        keep_logs(lab, out.seed)
                         rebuilds += 1
                         break
             finally:

@@ -18,12 +18,14 @@ from typing import Generic, TypeVar
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CONSUMER_CHECK = 1.0  # seconds between checks that the watch's consumer still exists
 
 
 class KVCache(Generic[T]):
@@ -104,9 +106,13 @@ class KVCache(Generic[T]):
         watcher = await self.bucket.watch(self.keys)
         try:
             async with asyncio.TaskGroup() as tg:
-                guard = tg.create_task(self._stop_on_reconnect(watcher), name="watch-guard")
+                guards = [
+                    tg.create_task(self._stop_on_reconnect(watcher), name="watch-guard"),
+                    tg.create_task(self._stop_on_lost_consumer(watcher), name="consumer-guard"),
+                ]
                 await self._follow(watcher)
-                guard.cancel()
+                for guard in guards:
+                    guard.cancel()
         finally:
             with contextlib.suppress(nats.errors.Error):  # stopped already (a reconnect)
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py lacks a hint
@@ -117,6 +123,29 @@ class KVCache(Generic[T]):
         while self._reconnects() == reconnects:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         log.info("%s: reconnected; watching anew", self.bucket._name)
+        await watcher.stop()  # type: ignore[no-untyped-call]  # ends _follow's iteration
+
+    async def _stop_on_lost_consumer(self, watcher: KeyValue.KeyWatcher) -> None:
+        """The watch's consumer lives on one server: when that server dies while our connection
+        is to another, nothing reaches us, and nats-py re-creates the consumer only after two
+        missed idle heartbeats (10 s): a stale cache meanwhile, and compare-and-sets failing on
+        it (docs/lab.md, finding 2). Ask for the consumer every ``CONSUMER_CHECK`` seconds; no
+        answer twice in a row (its server is dead, or it is gone) means watching anew, which
+        reads every key again (a restart while JetStream elects leaders only costs a retry)."""
+        missed = 0
+        while missed < 2:
+            await asyncio.sleep(CONSUMER_CHECK)
+            if self.connection is not None and not self.connection.is_connected:
+                missed = 0
+                continue  # reconnecting: the other guard restarts the watch
+            try:
+                sub = watcher._sub
+                assert sub is not None  # set by bucket.watch before it returns
+                await asyncio.wait_for(sub.consumer_info(), CONSUMER_CHECK)
+                missed = 0
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                missed += 1
+        log.info("%s: the watch's consumer does not answer; watching anew", self.bucket._name)
         await watcher.stop()  # type: ignore[no-untyped-call]  # ends _follow's iteration
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:

@@ -9,6 +9,7 @@ by the bucket, whichever replica makes them (docs/safety.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -197,7 +198,10 @@ class Membership:
                     self.grace_until = time.monotonic() + lease
                     log.warning("back on the bus: every node gets a full lease from now")
                 if connected and time.monotonic() >= self.grace_until:
-                    await self.expire(heartbeat, lease)
+                    try:
+                        await self.expire(heartbeat, lease)
+                    except Exception as exc:  # the bus failing mid-check: the next one retries
+                        log.info("lease check failed (%s); checking again", exc)
             await asyncio.sleep(interval)
 
     async def expire(self, heartbeat: float, lease: float) -> None:
@@ -222,8 +226,13 @@ class Membership:
         lost = leases.declare_lost(record, now())
         try:
             revision = await self.nodes.update(node, encode(lost), last=self.records.revision(node))
-        except KeyWrongLastSequenceError:  # a grant (or another replica's declaration) won
-            await self.records.reread(node)
+        except KeyWrongLastSequenceError:
+            # Not someone else's success unless the record says so: a grant, or another
+            # replica's declaration, or our copy was stale. Re-read; the next check decides
+            # again on the fresh record (and declares the loss if it still holds).
+            with contextlib.suppress(Exception):  # no answer: the next check re-reads again
+                fresh = await self.records.reread(node)
+                log.info("node %s: record changed under us, now %s", node, fresh)
             return
         except Exception as exc:
             log.info("could not declare %s lost (%s); will retry", node, exc)

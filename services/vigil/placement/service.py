@@ -287,8 +287,15 @@ class PlacementService(Reconciler):
                     revision = await self.services_bucket.update(
                         service.name, encode(record), last=last
                     )
-            except Exception as exc:
-                log.info("service %s changed under us (%s); will re-read", service.name, exc)
+            except KeyWrongLastSequenceError:
+                # Our copy is stale (another replica wrote, or our watch missed it): take the
+                # bucket's record now, and decide again on it; never retry on the stale one.
+                await self.services.reread(service.name)
+                log.info("service %s changed under us; re-read, deciding again", service.name)
+                self.mark("")  # services are reconciled after every batch
+                continue
+            except Exception as exc:  # the bus is failing: the periodic resync tries again
+                log.info("service %s not written (%s); will retry", service.name, exc)
                 continue
             self.services.note(service.name, revision, record)
             log.info("service %s offered by %s (epoch %d)", service.name, new, record.epoch)

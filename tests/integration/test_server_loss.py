@@ -1,0 +1,158 @@
+"""A NATS server lost under a three-server JetStream cluster (R3), as in production: decisions
+must still be made, and made on fresh records (docs/lab.md, findings 1 and 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from vigil.core.bus import Bus, encode, kv, now
+from vigil.core.clusterconfig import store
+from vigil.core.kvcache import KVCache
+from vigil.core.subjects import Subjects
+from vigil.testing.server import NatsCluster
+from vigil.wire.events import NodeJoined, NodeLost
+from vigil.wire.records import NodeRecord
+
+from .conftest import Hearts, Services, make_spec, of, record
+from .test_membership import ProbedMembership
+
+# A server's death costs its clients a reconnect and JetStream a leader election (a few
+# seconds on a loaded machine): the deadline is for "it happens", not for how fast.
+FAILOVER_DEADLINE = 30.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NatsCluster]:
+    """A fresh cluster per test: each test kills one of its servers."""
+    monkeypatch.setenv("VIGIL_REPLICAS", "3")
+    with NatsCluster(tmp_path) as c:
+        yield c
+
+
+@pytest.fixture
+async def ours(cluster: NatsCluster) -> AsyncIterator[Client]:
+    nc = await nats.connect(
+        cluster.urls, name="integration-test", reconnect_time_wait=0.1, max_reconnect_attempts=-1
+    )
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def leader_of(nc: Client, stream: str) -> str:
+    async with asyncio.timeout(FAILOVER_DEADLINE):
+        while True:
+            try:
+                info = await nc.jetstream().stream_info(stream)
+            except (nats.errors.Error, nats.js.errors.Error):
+                await asyncio.sleep(0.2)  # the cluster is still forming: ask again
+                continue
+            if info.cluster is not None and info.cluster.leader:
+                return info.cluster.leader
+
+
+async def test_a_node_is_declared_lost_with_the_nodes_bucket_leader_dead(
+    cluster: NatsCluster, ours: Client, subjects: Subjects
+) -> None:
+    """Finding 1: with the server leading the nodes bucket dead, both replicas' compare-and-set
+    of the lost node's record may fail; each must re-read and retry, not give up."""
+    s = subjects
+    svc = Services(cluster.urls[0], s)
+    try:
+        cli = await Bus.connect(cluster.urls, s, "cli", name="test", persistent=False)
+        svc.buses.append(cli)
+        await store(cli, make_spec(["n1", "n2"], heartbeat="100ms", lease="500ms"))
+        rec = await record(ours, s.all_node_events)
+        replicas = []
+        for i in range(2):
+            bus = await Bus.connect(cluster.urls, s, "membership", name=f"m{i + 1}")
+            svc.buses.append(bus)
+            m = ProbedMembership(bus)
+            svc.spawn(m.run(), f"membership-m{i + 1}")
+            replicas.append(m)
+        hearts = Hearts(ours, s, interval=0.1)
+        hearts.beating = {"n1", "n2"}
+        svc.spawn(hearts.run(), "hearts")
+        await rec.expect(of(NodeJoined, node="n1"))
+        await rec.expect(of(NodeJoined, node="n2"))
+        for m in replicas:
+            await asyncio.wait_for(m.heard.wait(), FAILOVER_DEADLINE)
+
+        cluster.kill(await leader_of(ours, f"KV_{s.bucket_nodes}"))
+        mark = rec.mark()
+        hearts.beating.discard("n1")
+        await rec.expect(of(NodeLost, node="n1"), since=mark, timeout=FAILOVER_DEADLINE)
+        # n2 may be declared lost too while the bucket has no leader (no grant can be stored,
+        # its fence runs down): then it must come back.
+        for loss in rec.select(NodeLost, since=mark, node="n2"):
+            await rec.expect(of(NodeJoined, node="n2"), since=loss.index, timeout=FAILOVER_DEADLINE)
+    finally:
+        await svc.aclose()
+
+
+async def test_a_cache_follows_its_bucket_when_its_watch_s_server_dies(
+    cluster: NatsCluster, ours: Client, subjects: Subjects
+) -> None:
+    """Finding 2: the watch's consumer lived on the dead server while the cache's connection
+    was to another; the cache kept the dead server's last view (nats-py re-creates the
+    consumer after 10 s of missed heartbeats), so compare-and-sets failed on stale revisions."""
+    s = subjects
+    cli = await Bus.connect(cluster.urls, s, "cli", name="test", persistent=False)
+    try:
+        bucket = await kv(cli, s.bucket_nodes)
+        await bucket.put("n1", encode(NodeRecord("n1", "up", now())))
+        stream = f"KV_{s.bucket_nodes}"
+        changed = asyncio.Event()
+        # The cache on a connection to another server than its watch's consumer, so only the
+        # consumer is lost (the consumer goes where JetStream puts it: try each server).
+        for name, url in zip(cluster.names, cluster.urls, strict=True):
+            watching = await nats.connect(url, name="cache", max_reconnect_attempts=-1)
+            cache = KVCache(
+                await watching.jetstream().key_value(s.bucket_nodes),
+                NodeRecord,
+                connection=watching,
+                on_change=lambda _key: changed.set(),
+            )
+            task = asyncio.create_task(cache.run())
+            await asyncio.wait_for(cache.ready.wait(), FAILOVER_DEADLINE)
+            consumers = await ours.jetstream().consumers_info(stream)
+            (host,) = {c.cluster.leader for c in consumers if c.cluster is not None}
+            if host != name:
+                break
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await watching.close()
+        else:
+            raise AssertionError("the watch's consumer always on the cache's own server")
+        try:
+            cluster.kill(host)
+            async with asyncio.timeout(FAILOVER_DEADLINE):
+                while True:  # the bucket writable again (a new leader elected)
+                    try:
+                        await bucket.put("n1", encode(NodeRecord("n1", "lost", now())))
+                        break
+                    except (nats.errors.Error, nats.js.errors.Error):
+                        await asyncio.sleep(0.1)
+            written = asyncio.get_running_loop().time()
+            async with asyncio.timeout(FAILOVER_DEADLINE):
+                while (r := cache.get("n1")) is None or r.state != "lost":
+                    changed.clear()
+                    await changed.wait()
+            # Well before nats-py's own recovery (two missed 5 s heartbeats).
+            assert asyncio.get_running_loop().time() - written < 5.0
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await watching.close()
+    finally:
+        await cli.close()
