@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import json
 import os
 import random
 import shutil
@@ -38,7 +36,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -50,13 +47,13 @@ from vigil.core.bus import Bus
 from vigil.lab.lab import CLIENT_IP, Lab, LabState
 from vigil.lab.netns import LabError
 from vigil.lab.specs import generated
+from vigil.testing.netns import http_get, in_netns, mac
 
 NODES = 4
 GROUPS = 4
 ROUND = 0.02  # the ARP checker's round: a who-has for every address every 20 ms
 ETH_P_ARP = 0x0806
 PACKET_OUTGOING = 4
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # -- schedules (pure: a seed in, the same faults out) ----------------------------------------------
@@ -99,26 +96,6 @@ def schedule(seed: int, nodes: list[str]) -> list[Fault]:
 
 
 # -- the wire ------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """This thread in netns ``name`` for the block (sockets made in it stay there)."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, 0x40000000) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        yield
-    finally:
-        _libc.setns(home, 0x40000000)
-        os.close(target)
-        os.close(home)
-
-
-def mac_of(ns: str) -> str:
-    out = subprocess.run(["ip", "-n", ns, "-j", "link", "show", "eth0"], capture_output=True)
-    return str(json.loads(out.stdout)[0]["address"])
-
-
 @dataclass
 class Overlap:
     t: float
@@ -136,7 +113,7 @@ class ArpChecker:
         with in_netns(ns):
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
         self.sock.bind(("eth0", ETH_P_ARP))
-        own = bytes.fromhex(mac_of(ns).replace(":", ""))
+        own = bytes.fromhex(mac(ns).replace(":", ""))
         self.requests = [
             b"\xff" * 6 + own + struct.pack("!H", ETH_P_ARP)
             + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + own + IPv4Address(CLIENT_IP).packed
@@ -177,20 +154,8 @@ class ArpChecker:
 
 def served_by(ns: str, vip: str) -> str | None:
     """Who serves ``vip``:8080 (the demo app says ``served by NODE``), from ``ns``."""
-    with in_netns(ns):
-        sock = socket.socket()
-    with sock:
-        sock.settimeout(0.3)
-        try:
-            sock.connect((vip, 8080))
-            sock.sendall(f"GET / HTTP/1.0\r\nHost: {vip}\r\n\r\n".encode())
-            data = b""
-            while chunk := sock.recv(4096):
-                data += chunk
-        except OSError:
-            return None
-    body = data.partition(b"\r\n\r\n")[2].decode(errors="replace")
-    return body.split()[2] if body.startswith("served by ") else None
+    body = http_get(ns, vip, 8080, timeout=0.3)
+    return body.split()[2] if body and body.startswith("served by ") else None
 
 
 # -- one schedule --------------------------------------------------------------------------------
@@ -425,7 +390,7 @@ def main() -> int:
             # schedule starts from a healthy cluster, so one failure is not counted twice.
             lab.down()
             state = lab.up(spec)
-            macs.update({mac_of(state.ns(n)): n for n in state.nodes})
+            macs.update({mac(state.ns(n)): n for n in state.nodes})
             chaos = Chaos(lab, state, args.converge)
             checker = ArpChecker(state.ns("client"), vips)
             try:
