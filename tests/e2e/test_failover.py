@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,17 +83,24 @@ def app_pids(ns: str, needle: str = "vigil.lab.demo_app") -> list[int]:
     return found
 
 
+# Each class is one scenario on one lab, told in steps: a step starts where the last one ended
+# (the state it needs is that state), so the steps run in order inside one test, and the test
+# runs alone. ``story`` carries what a step hands to the next (a probe, an epoch).
+def tell(
+    steps: list[Callable[[LabRun, dict[str, Any], type[Tools]], None]],
+    lab: LabRun,
+    tools: type[Tools],
+) -> None:
+    story: dict[str, Any] = {}
+    for step in steps:
+        step(lab, story, tools)
+
+
 # -- story 1: hard node loss -----------------------------------------------------------------------
-@pytest.fixture(scope="class")
-def story() -> dict[str, Any]:
-    """What one step of a story hands to the next."""
-    return {}
-
-
-@pytest.mark.incremental
 class TestNodeLoss:
-    def test_client_is_served_by_n1_through_the_vip(
-        self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: type[Tools]
+    @staticmethod
+    def client_is_served_by_n1_through_the_vip(
+        lab: LabRun, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         view = lab.wait_status(
             lambda v: (
@@ -115,8 +123,9 @@ class TestNodeLoss:
         assert tools.leased(lab.ns("n2")) == [VIP2]
         assert tools.leased(lab.ns("n3")) == []
 
-    def test_kill_n1_client_served_by_n2_through_the_same_vip(
-        self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: type[Tools]
+    @staticmethod
+    def kill_n1_client_served_by_n2_through_the_same_vip(
+        lab: LabRun, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         probe = story["probe"]
         killed_at, killed_mono = time.time(), time.monotonic()
@@ -137,8 +146,9 @@ class TestNodeLoss:
         # once n2 answered, nobody else did
         assert probe.servers(killed_at) in (["n2"], ["n1", "n2"])
 
-    def test_status_shows_n1_lost_and_web1_failed_over_to_n2(
-        self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: type[Tools]
+    @staticmethod
+    def status_shows_n1_lost_and_web1_failed_over_to_n2(
+        lab: LabRun, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         view = lab.wait_status(
             lambda v: lost(v, "n1") and up(v, "n2", "n3") and on(v, "web1", "n2", "failover"),
@@ -149,8 +159,9 @@ class TestNodeLoss:
         assert on(view, "web2", "n2", "normal")
         story["epoch"] = group(view, "web1")["epoch"]
 
-    def test_revived_n1_comes_back_up_web1_stays_on_n2_stale_vip_removed(
-        self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: type[Tools]
+    @staticmethod
+    def revived_n1_comes_back_up_web1_stays_on_n2_stale_vip_removed(
+        lab: LabRun, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         probe = story["probe"]
         n1_mac = tools.mac(lab.ns("n1"))
@@ -181,8 +192,9 @@ class TestNodeLoss:
         assert lab.holders(VIP1, NODES) == ["n2"]
         assert tools.leased(lab.ns("n1")) == []
 
-    def test_kill_n2_moves_web1_and_web2_to_n3(
-        self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: type[Tools]
+    @staticmethod
+    def kill_n2_moves_web1_and_web2_to_n3(
+        lab: LabRun, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         probe = story["probe"]
         killed_at, killed_mono = time.time(), time.monotonic()
@@ -216,12 +228,27 @@ class TestNodeLoss:
         )
         assert "Directory listing" in body
 
+    def test_hard_node_loss(self, require_netns: None, lab: LabRun, tools: type[Tools]) -> None:
+        """n1 killed: the client is served by n2 through the same VIP; n1 revived stays out of
+        web1's way (its stale VIP removed); n2 killed: web1 and web2 move to n3."""
+        tell(
+            [
+                self.client_is_served_by_n1_through_the_vip,
+                self.kill_n1_client_served_by_n2_through_the_same_vip,
+                self.status_shows_n1_lost_and_web1_failed_over_to_n2,
+                self.revived_n1_comes_back_up_web1_stays_on_n2_stale_vip_removed,
+                self.kill_n2_moves_web1_and_web2_to_n3,
+            ],
+            lab,
+            tools,
+        )
+
 
 # -- story 2: a frozen agent -----------------------------------------------------------------------
-@pytest.mark.incremental
 class TestFrozenAgent:
-    def test_frozen_n1_stops_answering_within_its_lease(
-        self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: type[Tools]
+    @staticmethod
+    def frozen_n1_stops_answering_within_its_lease(
+        lab: LabRun, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         macs = {n: tools.mac(lab.ns(n)) for n in NODES}
         story["macs"] = macs
@@ -256,8 +283,9 @@ class TestFrozenAgent:
         assert " UP " in link, f"n1's link should stay up: {link}"
         assert VIP1 in tools.addresses(lab.ns("n1")), "the frozen n1 still has the VIP configured"
 
-    def test_web1_moves_to_n2_and_never_two_nodes_answer_arp(
-        self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: type[Tools]
+    @staticmethod
+    def web1_moves_to_n2_and_never_two_nodes_answer_arp(
+        lab: LabRun, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         probe, arp, macs = story["probe"], story["arp"], story["macs"]
         answer = tools.wait_until(
@@ -296,8 +324,9 @@ class TestFrozenAgent:
         assert lab.holders(VIP1, ["n2", "n3"]) == ["n2"]
         assert probe.servers(story["frozen_at"]) in (["n2"], ["n1", "n2"])
 
-    def test_thawed_n1_drops_the_vip_and_web1_stays_on_n2(
-        self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: type[Tools]
+    @staticmethod
+    def thawed_n1_drops_the_vip_and_web1_stays_on_n2(
+        lab: LabRun, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         monitor = lab.nft_monitor("n1")
         story["monitor"] = monitor
@@ -330,8 +359,9 @@ class TestFrozenAgent:
         story["arp"].stop()
         monitor.stop()
 
-    def test_thawed_n1_never_answers_for_web1_again(
-        self, require_netns: None, lab: LabRun, story: dict[str, Any], tools: type[Tools]
+    @staticmethod
+    def thawed_n1_never_answers_for_web1_again(
+        lab: LabRun, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         macs = story["macs"]
         # every fence renewal n1 made after the thaw, for web1's VIP (n2's by now)
@@ -349,3 +379,17 @@ class TestFrozenAgent:
         if served is not None:
             problems.append(f"n1 served the client {served.t - story['thawed_at']:.3f}s after thaw")
         assert not problems, "the thawed n1 answered for web1 again: " + "; ".join(problems)
+
+    def test_frozen_agent(self, require_netns: None, lab: LabRun, tools: type[Tools]) -> None:
+        """n1 frozen (SIGSTOP): it stops answering within its lease, web1 moves to n2 and never
+        do two nodes answer ARP; thawed, n1 drops the VIP and never answers for web1 again."""
+        tell(
+            [
+                self.frozen_n1_stops_answering_within_its_lease,
+                self.web1_moves_to_n2_and_never_two_nodes_answer_arp,
+                self.thawed_n1_drops_the_vip_and_web1_stays_on_n2,
+                self.thawed_n1_never_answers_for_web1_again,
+            ],
+            lab,
+            tools,
+        )

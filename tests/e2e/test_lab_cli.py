@@ -126,7 +126,6 @@ def cli_lab(lab_prefix: Prefix, tools: type[Tools]) -> Iterator[Prefix]:
     yield lab_prefix
 
 
-@pytest.mark.incremental
 class TestLabCli:
     def test_exec_runs_in_the_client_namespace(
         self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
@@ -380,6 +379,8 @@ class TestLabCli:
     def test_down_is_idempotent(
         self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
     ) -> None:
+        proc = lab_cli(tools, cli_lab.name, "down")  # the lab, if a test before left it up
+        assert proc.returncode == 0, proc.stderr
         for _ in range(2):
             proc = lab_cli(tools, cli_lab.name, "down")
             assert proc.returncode == 0, proc.stderr
