@@ -98,6 +98,37 @@ async def test_a_node_is_declared_lost_with_the_nodes_bucket_leader_dead(
         await svc.aclose()
 
 
+async def test_live_nodes_are_not_declared_lost_while_the_nodes_bucket_elects_a_leader(
+    cluster: NatsCluster, ours: Client, subjects: Subjects
+) -> None:
+    """A single server's death is not the death of the nodes that keep beating: while the nodes
+    bucket has no leader no grant can be stored (their fences run down: safe), and once it
+    answers again every node gets a full lease before any is declared lost."""
+    s = subjects
+    svc = Services(cluster.urls[0], s)
+    try:
+        cli = await Bus.connect(cluster.urls, s, "cli", name="test", persistent=False)
+        svc.buses.append(cli)
+        await store(cli, make_spec(["n1", "n2"], heartbeat="100ms", lease="500ms"))
+        rec = await record(ours, s.all_node_events)
+        for i in range(2):
+            bus = await Bus.connect(cluster.urls, s, "membership", name=f"m{i + 1}")
+            svc.buses.append(bus)
+            svc.spawn(ProbedMembership(bus).run(), f"membership-m{i + 1}")
+        hearts = Hearts(ours, s, interval=0.1)
+        hearts.beating = {"n1", "n2"}
+        svc.spawn(hearts.run(), "hearts")
+        await rec.expect(of(NodeJoined, node="n1"))
+        await rec.expect(of(NodeJoined, node="n2"))
+
+        mark = rec.mark()
+        cluster.kill(await leader_of(ours, f"KV_{s.bucket_nodes}"))
+        await leader_of(ours, f"KV_{s.bucket_nodes}")  # elected again
+        await rec.none_within(of(NodeLost), since=mark, timeout=4.0)
+    finally:
+        await svc.aclose()
+
+
 async def test_a_cache_follows_its_bucket_when_its_watch_s_server_dies(
     cluster: NatsCluster, ours: Client, subjects: Subjects
 ) -> None:
@@ -147,8 +178,9 @@ async def test_a_cache_follows_its_bucket_when_its_watch_s_server_dies(
                 while (r := cache.get("n1")) is None or r.state != "lost":
                     changed.clear()
                     await changed.wait()
-            # Well before nats-py's own recovery (two missed 5 s heartbeats).
-            assert asyncio.get_running_loop().time() - written < 5.0
+            # Before nats-py's own recovery (two missed 5 s heartbeats: 15-20 s measured without
+            # the cache's check); the margin is for a loaded machine, not a speed target.
+            assert asyncio.get_running_loop().time() - written < 9.0
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

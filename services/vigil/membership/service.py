@@ -47,6 +47,11 @@ class Membership:
         # death of every node).
         self.grace_until = float("inf")
         self.cut_off = False
+        # The nodes bucket stopped answering (its stream electing a leader after a server
+        # died): grants fail then, so a node's silence is ours, not its. Once the bucket answers
+        # again every node gets a full lease, as after a reconnection; meanwhile none is
+        # declared lost. Safe: without a grant no fence is extended, the addresses go dark.
+        self.bucket_down = False
         self.failures = 0  # grants that failed in a row, for rate-limited logging
         self.tg: asyncio.TaskGroup | None = None
         self.granting: set[str] = set()  # nodes whose grant is being stored
@@ -129,11 +134,13 @@ class Membership:
         try:
             granted = await self.grant(node)
         except Exception as exc:  # the bus is failing: no grant, the node's fence runs down
+            self.bucket_down = True
             self.failures += 1
             level = logging.WARNING if self.failures & (self.failures - 1) == 0 else logging.DEBUG
             log.log(level, "no lease for %s (failure %d): %s", node, self.failures, exc)
             return
         self.failures = 0
+        self.bucket_back()
         if granted is not None and msg.reply:
             heartbeat, lease = self.timing()
             reply = LeaseGranted(
@@ -184,6 +191,22 @@ class Membership:
         return None
 
     # -- losses --------------------------------------------------------------------------------
+    def bucket_back(self) -> None:
+        if self.bucket_down and self.config.spec is not None:
+            self.bucket_down = False
+            self.grace_until = time.monotonic() + self.timing()[1]
+            log.warning("the nodes bucket answers again: every node gets a full lease from now")
+
+    async def bucket_answers(self) -> bool:
+        """Does the nodes bucket answer (its stream has a leader)?"""
+        assert self.nodes is not None
+        try:
+            await self.nodes.status()
+        except Exception:
+            return False
+        self.bucket_back()
+        return True
+
     async def check_loop(self) -> None:
         while True:
             interval = 0.05
@@ -197,6 +220,9 @@ class Membership:
                     self.cut_off = False
                     self.grace_until = time.monotonic() + lease
                     log.warning("back on the bus: every node gets a full lease from now")
+                if connected and self.bucket_down and not await self.bucket_answers():
+                    await asyncio.sleep(interval)
+                    continue
                 if connected and time.monotonic() >= self.grace_until:
                     try:
                         await self.expire(heartbeat, lease)
@@ -235,6 +261,7 @@ class Membership:
                 log.info("node %s: record changed under us, now %s", node, fresh)
             return
         except Exception as exc:
+            self.bucket_down = True  # the bucket is not answering: a full lease once it does
             log.info("could not declare %s lost (%s); will retry", node, exc)
             return
         self.records.note(node, revision, lost)
