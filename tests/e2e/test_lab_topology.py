@@ -185,6 +185,12 @@ class TestProductionTopology:
         assert copies and set(copies.values()) == {3}, copies
         assert {"KV_vigil_nodes", "KV_vigil_placement", "VIGIL_EVENTS"} <= set(copies), copies
 
+    @pytest.mark.xfail(
+        strict=False,
+        reason="issue 10, open: with a NATS server down, n2's supervisor sometimes never starts "
+        "the app after its address was acquired (its handler failed on 'no response from "
+        "stream' and the reconcile did not repair it); seen once in 5 CI runs",
+    )
     def test_node_loss_fails_over_with_a_nats_server_and_a_membership_replica_down(
         self, require_netns: None, topo_lab: Prefix
     ) -> None:
