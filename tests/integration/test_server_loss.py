@@ -155,7 +155,8 @@ async def test_a_cache_follows_its_bucket_when_its_watch_s_server_dies(
             task = asyncio.create_task(cache.run())
             await asyncio.wait_for(cache.ready.wait(), FAILOVER_DEADLINE)
             consumers = await ours.jetstream().consumers_info(stream)
-            (host,) = {c.cluster.leader for c in consumers if c.cluster is not None}
+            leaders = {c.cluster.leader for c in consumers if c.cluster is not None}
+            host = next(iter(leaders)) if len(leaders) == 1 else name  # several: try the next
             if host != name:
                 break
             task.cancel()
