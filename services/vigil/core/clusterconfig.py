@@ -12,7 +12,7 @@ from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import ConfigApplied
 
 from . import config
-from .bus import Bus, ensure_stream, kv
+from .bus import Bus, ensure_stream, kv, until_elected
 from .subjects import CONFIG_KEY
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ async def store(bus: Bus, spec: ClusterSpec) -> int:
     await ensure_stream(bus)  # so that the history starts with this very event
     source = ConfigSource(bus)
     bucket = await source.bucket()
-    revision = await bucket.put(CONFIG_KEY, config.encode(spec))
+    data = config.encode(spec)
+    revision = await until_elected(lambda: bucket.put(CONFIG_KEY, data), "the config bucket")
     await bus.publish(
         bus.subjects.config_applied,
         ConfigApplied(
