@@ -19,6 +19,7 @@ from nats.js.kv import KeyValue
 
 from vigil.core.bus import encode, get_record, kv, now
 from vigil.core.clusterconfig import store
+from vigil.core.errors import Conflict
 from vigil.core.reconciler import RESYNC
 from vigil.core.subjects import Subjects, address_key
 from vigil.placement.service import PlacementService
@@ -163,6 +164,28 @@ async def test_failback_is_manual(client: Client, services: Services, subjects: 
     # The next move is epoch 3 (nothing happened in between), to the node *after* n2.
     await cluster.set_node("n2", "lost")
     await expect_decision(rec, bucket, "n3", "n2", 3)
+
+
+async def test_a_decision_on_a_stale_snapshot_loses_its_compare_and_set(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    """Another replica wrote after our snapshot: our write, decided on the older record, must
+    fail (and publish nothing), not overwrite the newer one (it did, and alerted twice)."""
+    _, rec, bucket, (p,) = await start_placement(services, client, subjects)
+    await expect_decision(rec, bucket, "n1", None, 1)
+    seen = p.placements.get("web1")
+    read_at = p.placements.revision("web1")
+    assert seen is not None and read_at is not None
+    theirs = msgspec.structs.replace(seen, reason="the other replica's")
+    await bucket.update("web1", encode(theirs), last=read_at)
+    assert await p.placements.reread("web1") == theirs  # our cache has their write
+    mark = rec.mark()
+    ours = msgspec.structs.replace(seen, node="n2", epoch=seen.epoch + 1, reason="stale")
+    with pytest.raises(Conflict):
+        await p.commit(ours, seen, read_at)
+    stored = await get_record(bucket, "web1", Placement)
+    assert stored == theirs
+    await rec.none_within(of(PlacementDecided, reason="stale"), since=mark, timeout=0.2)
 
 
 async def test_a_missing_preferred_node_gets_time_to_join(

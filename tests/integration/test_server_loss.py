@@ -143,8 +143,12 @@ async def test_a_cache_follows_its_bucket_when_its_watch_s_server_dies(
         stream = f"KV_{s.bucket_nodes}"
         changed = asyncio.Event()
         # The cache on a connection to another server than its watch's consumer, so only the
-        # consumer is lost (the consumer goes where JetStream puts it: try each server).
-        for name, url in zip(cluster.names, cluster.urls, strict=True):
+        # consumer is lost. JetStream puts an R1 consumer on a random peer of the stream: try
+        # until it lands elsewhere (a third of the tries land on the cache's own server).
+        for attempt in range(12):
+            server = attempt % len(cluster.names)
+            name, url = cluster.names[server], cluster.urls[server]
+            before = {c.name for c in await ours.jetstream().consumers_info(stream)}
             watching = await nats.connect(url, name="cache", max_reconnect_attempts=-1)
             cache = KVCache(
                 await watching.jetstream().key_value(s.bucket_nodes),
@@ -154,9 +158,11 @@ async def test_a_cache_follows_its_bucket_when_its_watch_s_server_dies(
             )
             task = asyncio.create_task(cache.run())
             await asyncio.wait_for(cache.ready.wait(), FAILOVER_DEADLINE)
-            consumers = await ours.jetstream().consumers_info(stream)
-            leaders = {c.cluster.leader for c in consumers if c.cluster is not None}
-            host = next(iter(leaders)) if len(leaders) == 1 else name  # several: try the next
+            ours_now = [
+                c for c in await ours.jetstream().consumers_info(stream) if c.name not in before
+            ]
+            hosts = {c.cluster.leader for c in ours_now if c.cluster is not None}
+            host = next(iter(hosts)) if len(hosts) == 1 else name  # unclear: try again
             if host != name:
                 break
             task.cancel()

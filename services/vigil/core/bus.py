@@ -352,23 +352,29 @@ async def kv(bus: Bus, bucket: str, *, history: int = 1, copies: int | None = No
     A JetStream cluster that is still electing its leaders (all servers restarted on existing
     data, as after ``docker compose down`` and ``up``) answers with a timeout or "unavailable"
     for a while: retried, with a growing pause, like a missing bucket is created."""
-    return await until_elected(lambda: _open_kv(bus, bucket, history, copies), f"bucket {bucket}")
+    return await until_elected(
+        lambda: _open_kv(bus, bucket, history, copies), f"bucket {bucket}", bus
+    )
 
 
 # What a JetStream cluster answers while it is still electing a stream's leader.
 ELECTING = (nats_errors.TimeoutError, ServiceUnavailableError, NoRespondersError)
 
 
-async def until_elected(call: Callable[[], Awaitable[T]], what: str) -> T:
+async def until_elected(call: Callable[[], Awaitable[T]], what: str, bus: Bus) -> T:
     """``call()``, retried with a growing pause while the cluster is still electing leaders
-    (after its servers started or one died), for up to ``KV_OPEN_DEADLINE``."""
+    (after its servers started or one died), for up to ``KV_OPEN_DEADLINE``.
+
+    A request the server refuses for permissions also ends in a timeout (the refusal comes
+    apart, as an error on the connection): that is final, not retried."""
     deadline = asyncio.get_running_loop().time() + KV_OPEN_DEADLINE
+    refused = len(bus.denied)
     pause = 0.2
     while True:
         try:
             return await call()
         except (*ELECTING, NoStreamResponseError) as exc:
-            if asyncio.get_running_loop().time() + pause > deadline:
+            if len(bus.denied) > refused or asyncio.get_running_loop().time() + pause > deadline:
                 raise
             log.warning("%s not available yet (%r); retrying in %.1fs", what, exc, pause)
             await asyncio.sleep(pause)

@@ -68,7 +68,7 @@ async def store(bus: Bus, spec: ClusterSpec) -> int:
     source = ConfigSource(bus)
     bucket = await source.bucket()
     data = config.encode(spec)
-    revision = await until_elected(lambda: bucket.put(CONFIG_KEY, data), "the config bucket")
+    revision = await until_elected(lambda: bucket.put(CONFIG_KEY, data), "the config bucket", bus)
     await bus.publish(
         bus.subjects.config_applied,
         ConfigApplied(

@@ -93,6 +93,7 @@ class PlacementService(Reconciler):
         self.started: float | None = None
         self.settled = False  # every node had its time to join (see snapshot)
         self.snap: Snapshot | None = None
+        self.snap_revisions: dict[str, int] = {}
         self.waiting: dict[str, float] = {}  # group -> since when (monotonic) it waits
 
     async def run(self) -> None:
@@ -232,6 +233,11 @@ class PlacementService(Reconciler):
 
     async def prepare(self) -> None:
         self.snap = self.snapshot()
+        # The revisions the snapshot's placements were read at (same loop step: consistent).
+        # A commit compares-and-sets against these, not the cache's newest: a record another
+        # replica wrote after the snapshot must fail our write (decided on stale state), not be
+        # overwritten by it (same epoch twice, and its alert sent twice).
+        self.snap_revisions = {k: r for k, (r, _) in self.placements.entries.items()}
 
     async def reconcile_key(self, key: str) -> None:
         snap = self.snap
@@ -239,7 +245,7 @@ class PlacementService(Reconciler):
             return
         decision = decide_one(snap, key)
         if decision is not None:
-            await self.commit(decision, snap.current.get(key))
+            await self.commit(decision, snap.current.get(key), self.snap_revisions.get(key, 0))
 
     async def after_batch(self) -> None:
         await self.reconcile_services()
@@ -323,8 +329,9 @@ class PlacementService(Reconciler):
                     ),
                 )
 
-    async def commit(self, decision: Placement, previous: Placement | None) -> None:
-        """Store with compare-and-set; publish only when this replica's write won."""
+    async def commit(self, decision: Placement, previous: Placement | None, last: int) -> None:
+        """Store with compare-and-set on ``previous``'s revision ``last``; publish only when this
+        replica's write won."""
         key = decision.group
         try:
             if key in self.placements.unreadable and previous is None:
@@ -335,7 +342,6 @@ class PlacementService(Reconciler):
             elif previous is None:
                 revision = await self.placement_bucket.create(key, encode(decision))
             else:
-                last = self.placements.revision(key) or 0
                 revision = await self.placement_bucket.update(key, encode(decision), last=last)
         except KeyWrongLastSequenceError as exc:
             await self.reread(key)
