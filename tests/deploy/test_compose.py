@@ -6,6 +6,9 @@ compose/two-hosts.yml (two hosts, each a network namespace on an internal bridge
 third):
 
 1. ``up``; ``vigil apply`` of tests/deploy/cluster.yaml through the CLI container;
+   The bus is secure as in production: a bundle from ``vigil secure init`` (TLS, one nkey per
+   role), each container mounting only its own credentials. Anonymous clients are refused, the
+   reader cannot write;
 2. the client probes web1's VIP: served by n1;
 3. ``docker kill`` of host 1 (its namespace holder and its node containers): the client is
    served from n2; the time from the kill to the first answer from n2 is printed;
@@ -27,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -131,11 +135,33 @@ class Probe:
 
 
 def status(compose: Compose) -> dict[str, object]:
+    """`vigil status` from the client's namespace, with the reader's credentials."""
     out = run(
         "docker", "exec", "-e", f"VIGIL_NATS_URL={NATS_URL}", compose.container("client"),
         "vigil", "status", "-o", "json", timeout=60,
     )  # fmt: skip
     return dict(json.loads(out))
+
+
+def refused(compose: Compose, *argv: str, env: tuple[str, ...] = ()) -> str:
+    """A `vigil` command from the client's namespace that the bus must refuse: its error."""
+    flags = [f"--env={e}" for e in (f"VIGIL_NATS_URL={NATS_URL}", *env)]
+    done = subprocess.run(
+        ["docker", "exec", *flags, compose.container("client"), "vigil", *argv],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0, f"vigil {' '.join(argv)} was not refused: {done.stdout}"
+    return done.stderr.strip()
+
+
+def secure_bundle(directory: Path) -> Path:
+    """What an operator runs once before `up` (compose/README.md, "Credentials")."""
+    names = [f"--name={n}" for n in ("nats1", "nats2", "nats3", "localhost", "127.0.0.1")]
+    run(
+        sys.executable, "-m", "vigil.cli.main", "secure", "init", str(directory),
+        "--at", "/etc/vigil/secure", "--group", "10001", "--nodes", "n1,n2", *names,
+    )  # fmt: skip
+    return directory
 
 
 def wait_status(compose: Compose, want: dict[str, str], nodes_up: set[str], timeout: float) -> None:
@@ -189,7 +215,7 @@ def host_leftovers() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def deployment() -> Iterator[Compose]:
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     require_root()
     started = time.monotonic()
     dockerhost.ensure_installed()
@@ -201,8 +227,14 @@ def deployment() -> Iterator[Compose]:
             built.append(nats := dockerhost.build_nats_image())
             built.append(vigil := dockerhost.build_vigil_image())
             log(f"images ready after {time.monotonic() - started:.0f}s")
+            bundle = secure_bundle(tmp_path_factory.mktemp("deploy") / "secure")
             compose = Compose(
-                {"VIGIL_IMAGE": vigil, "NATS_IMAGE": nats, "VIGIL_CONFIG_DIR": str(ROOT)}
+                {
+                    "VIGIL_IMAGE": vigil,
+                    "NATS_IMAGE": nats,
+                    "VIGIL_CONFIG_DIR": str(ROOT),
+                    "VIGIL_SECURE_DIR": str(bundle),
+                }
             )
             yield compose
         finally:
@@ -234,6 +266,13 @@ def test_compose_deployment_fails_over_between_two_hosts(deployment: Compose) ->
             time.sleep(2)
     log("applied tests/deploy/cluster.yaml through the CLI container")
     wait_status(compose, {"web1": "n1", "web2": "n2"}, {"n1", "n2"}, timeout=120)
+
+    # -- the bus lets no one in ------------------------------------------------------------
+    anonymous = refused(compose, "status", env=("VIGIL_CREDS=",))
+    assert "authoriz" in anonymous.lower(), anonymous
+    reader = refused(compose, "halt", "web1")
+    assert "not authorized" in reader, reader
+    log(f"anonymous refused ({anonymous}); the reader may not halt ({reader})")
 
     probe = Probe(compose, WEB1)
     probe.start()

@@ -492,9 +492,12 @@ def nats_config_text(sts: dict[str, Any]) -> str:
         if PurePosixPath(mount["mountPath"]) != path.parent:
             continue
         volume = volumes[mount["name"]]
-        assert "configMap" in volume, f"NATS config {config} is not from a ConfigMap"
-        data = configmaps[volume["configMap"]["name"]].get("data") or {}
-        assert path.name in data, f"ConfigMap {volume['configMap']['name']} lacks {path.name}"
+        # a ConfigMap, or one projected with the secrets it includes (auth.conf, TLS)
+        sources = [volume] if "configMap" in volume else volume.get("projected", {}).get("sources")
+        names = [s["configMap"]["name"] for s in sources or [] if "configMap" in s]
+        assert names, f"NATS config {config} is not from a ConfigMap"
+        data = configmaps[names[0]].get("data") or {}
+        assert path.name in data, f"ConfigMap {names[0]} lacks {path.name}"
         return str(data[path.name])
     raise AssertionError(f"NATS config {config} is not mounted")
 
@@ -639,7 +642,7 @@ def test_k8s_apply_job_reads_a_consistent_cluster_file() -> None:
     for where, spec, c in jobs:
         assert where.startswith("Job/vigil-apply:"), f"{where}: expected Job vigil-apply"
         path = flag_value(argv_of(c.get("args")), "-f", "--file")
-        assert path == "/etc/vigil/cluster.yaml", f"{where}: apply -f {path}"
+        assert path == "/etc/vigil/cluster/cluster.yaml", f"{where}: apply -f {path}"
         pure = PurePosixPath(path)
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         mount = next(
@@ -817,3 +820,73 @@ def test_compose_and_k8s_agree_on_nats() -> None:
         argv = compose_argv(svc)
         assert "-js" in argv, f"{name}: JetStream off"
         assert f"--cluster_name={k8s_cluster.group(1)}" in argv, name
+
+
+# The role whose credentials each Vigil command runs with (docs/security.md): its own, never
+# another's. The CLI container (default `status`) is the operator's.
+ROLES = {
+    "membership": "membership.nk",
+    "placement": "placement.nk",
+    "address": "node-",
+    "supervisor": "node-",
+    "apply": "operator.nk",
+    "status": "operator.nk",
+}
+SECURE = PurePosixPath("/etc/vigil/secure")
+
+
+def own_role(sub: str, creds: str) -> bool:
+    name = PurePosixPath(creds).name
+    return name == ROLES[sub] or (ROLES[sub] == "node-" and name.startswith("node-"))
+
+
+def test_compose_every_vigil_service_has_its_own_credentials_and_the_ca() -> None:
+    for name, svc in vigil_services().items():
+        sub = compose_argv(svc)[0]
+        env = compose_env(svc)
+        creds = compose_default(env.get("VIGIL_CREDS", ""))
+        ca = env.get("VIGIL_TLS_CA", "")
+        assert own_role(sub, creds), f"{name} (`vigil {sub}`) runs with {creds!r}"
+        assert ca == str(SECURE / "ca.pem"), f"{name}: VIGIL_TLS_CA is {ca!r}"
+        mounted = {
+            compose_default(str(v)).split(":")[1]
+            for v in svc.get("volumes") or []
+            if str(v).count(":") >= 2
+        }
+        assert {creds, ca} <= mounted, f"{name}: {creds} or {ca} not mounted"
+        reader = str(SECURE / "creds/reader.nk")  # for the health check
+        others = {m for m in mounted if m.endswith(".nk")} - {creds, reader}
+        assert not others, f"{name} can read other roles' credentials: {sorted(others)}"
+
+
+def test_compose_nats_servers_load_the_secure_config() -> None:
+    for name, svc in nats_services().items():
+        assert flag_value(compose_argv(svc), "-c", "--config") == str(SECURE / "cluster.conf")
+        mounted = {compose_default(str(v)).split(":")[1] for v in svc.get("volumes") or []}
+        needed = {"cluster.conf", "auth.conf", "route-tls.conf", "server.pem", "server-key.pem"}
+        assert {str(SECURE / f) for f in needed} <= mounted, name
+        assert not any(m.endswith((".nk", "ca-key.pem")) for m in mounted), name
+
+
+def test_k8s_every_vigil_container_has_its_own_credentials_and_the_ca() -> None:
+    for where, spec, c in vigil_containers():
+        sub = subcommand(c)
+        assert sub is not None
+        env = {e["name"]: e.get("value", "") for e in c.get("env") or []}
+        creds, ca = env.get("VIGIL_CREDS", ""), env.get("VIGIL_TLS_CA", "")
+        assert own_role(sub, creds), f"{where} (`vigil {sub}`) runs with {creds!r}"
+        assert ca == str(SECURE / "ca.pem"), f"{where}: VIGIL_TLS_CA is {ca!r}"
+        mount = next(m for m in c.get("volumeMounts") or [] if m["mountPath"] == str(SECURE))
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        sources = [volume["secret"]] if "secret" in volume else [
+            s["secret"] for s in volume["projected"]["sources"] if "secret" in s
+        ]  # fmt: skip
+        paths = {i["path"] for s in sources for i in s.get("items") or []}
+        whole = {s.get("secretName", s.get("name")) for s in sources if not s.get("items")}
+        assert "ca.pem" in paths, f"{where}: no CA"
+        if ROLES[sub] == "node-":  # one key per node: the pod picks its own by node name
+            assert whole == {"vigil-node-creds"}, f"{where}: mounts {whole}"
+        else:
+            assert not whole and paths == {"ca.pem", PurePosixPath(creds).name}, (
+                f"{where}: mounts {sorted(paths)}"
+            )

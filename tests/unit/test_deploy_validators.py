@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vigil.core.subjects import Subjects
+from vigil.secure.bundle import init
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 COMPOSE = ROOT / "compose"
@@ -113,7 +116,10 @@ def nats_config() -> str:
 
 
 def nats_test(config: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "nats.conf"
+    """``nats-server -t`` on the config beside what Secret vigil-secure puts there: a bundle
+    from ``vigil secure init`` (its auth.conf and route-tls.conf are included)."""
+    init(tmp_path, ["n1", "n2"], subjects=Subjects("vigil"), at=tmp_path)
+    path = tmp_path / "nats.conf"  # replaces the bundle's one-server nats.conf, as in the pod
     path.write_text(config)
     return subprocess.run(
         [tool("nats-server"), "-t", "-c", str(path)],
@@ -127,6 +133,22 @@ def nats_test(config: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 def test_generated_nats_config_passes_nats_server_t(tmp_path: Path) -> None:
     result = nats_test(nats_config(), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_generated_nats_config_requires_the_bundle(tmp_path: Path) -> None:
+    """Auth and TLS are not optional: the config does not load without them."""
+    secure = nats_config()
+    assert 'include "auth.conf"' in secure and 'include "route-tls.conf"' in secure
+    open_config = tmp_path / "nats.conf"
+    open_config.write_text(secure)
+    bare = subprocess.run(
+        [tool("nats-server"), "-t", "-c", str(open_config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"POD_NAME": "nats-0", "PATH": "/usr/bin:/bin"},
+    )
+    assert bare.returncode != 0
 
 
 def test_nats_server_t_catches_a_bad_config(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -37,6 +38,31 @@ def test_init_writes_every_role_secret_files_0600(tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate((b.dir / "server.pem").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["nats.example"]
+
+
+def test_init_for_containers_writes_their_paths_and_a_group(tmp_path: Path) -> None:
+    """``--at``: the servers' configs and the manifest name where containers mount the bundle;
+    ``--group``: secrets 0640 for that group (unprivileged containers), the CA's key still 0600."""
+    group = os.getgid() if os.geteuid() != 0 else 10001  # chgrp to another group needs root
+    b = init(
+        tmp_path / "s",
+        ["n1"],
+        subjects=Subjects("vigil"),
+        at=Path("/etc/vigil/secure"),
+        group=group,
+    )
+    for conf in ("auth.conf", "route-tls.conf"):
+        text = (b.dir / conf).read_text()
+        assert '"/etc/vigil/secure/server-key.pem"' in text and str(tmp_path) not in text
+    assert 'include "auth.conf"' in (b.dir / "cluster.conf").read_text()
+    manifest = json.loads(b.manifest.read_text())
+    assert manifest["creds"]["nodes"]["n1"] == "/etc/vigil/secure/creds/node-n1.nk"
+    assert mode(b.dir) == mode(b.dir / "creds") == 0o750
+    for secret in [b.dir / "server-key.pem", *b.dir.glob("creds/*.nk")]:
+        assert (mode(secret), secret.stat().st_gid) == (0o640, group), secret
+    assert mode(b.dir / "ca-key.pem") == 0o600
+    with pytest.raises(BundleError, match="--at"):
+        init(tmp_path / "t", ["n1"], subjects=Subjects("vigil"), at=Path("relative"))
 
 
 def test_rotation_keeps_the_ca_and_changes_every_key(tmp_path: Path) -> None:

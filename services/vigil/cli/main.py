@@ -194,10 +194,15 @@ def cmd_secure(args: argparse.Namespace) -> int:
             listen=args.listen,
             force=args.force,
             new_ca=args.new_ca,
+            at=Path(args.at) if args.at else None,
+            group=args.group,
         )
     except (config_mod.ConfigError, BundleError) as exc:
         return fail(str(exc))
-    print(f"wrote {bundle.manifest} (CA {bundle.ca}, {len(nodes) + 4} credentials, 0600)")
+    except PermissionError as exc:
+        return fail(f"secure init: {exc.strerror}: {exc.filename} (--group needs root)")
+    mode = "0600" if args.group is None else f"0640, group {args.group}"
+    print(f"wrote {bundle.manifest} (CA {bundle.ca}, {len(nodes) + 4} credentials, {mode})")
     return 0
 
 
@@ -625,6 +630,16 @@ def parser() -> argparse.ArgumentParser:
         "127.0.0.1)",
     )
     si.add_argument("--listen", default="127.0.0.1:4222", help="for the one-server nats.conf")
+    si.add_argument(
+        "--at",
+        help="the absolute path the bundle is mounted at where it is used (a container's "
+        "/etc/vigil/secure); written into the server configs (default: DIR)",
+    )
+    si.add_argument(
+        "--group",
+        type=int,
+        help="numeric group that may read the secrets (0640): unprivileged containers' gid",
+    )
     si.add_argument("--force", action="store_true", help="rotate: new keys and server cert")
     si.add_argument("--new-ca", action="store_true", help="with --force: a new CA as well")
     si.set_defaults(func=cmd_secure)

@@ -105,6 +105,24 @@ def server_conf(listen: str) -> str:
     )
 
 
+def cluster_member_conf() -> str:
+    """A member of a 3-server cluster whose name, store, cluster listen and routes come from
+    nats-server's command-line flags (compose, k8s): users, client TLS and route TLS only.
+    nats-server merges the flags into this file's ``cluster`` block, TLS included."""
+    return "\n".join(
+        [
+            "# Written by `vigil secure init`: one member of a cluster. Run it with",
+            "#   nats-server -c cluster.conf --name=NAME -js -sd=DIR --cluster_name=vigil \\",
+            "#     --cluster=nats://0.0.0.0:6222 --routes=nats://PEER:6222,... --no_advertise",
+            'include "auth.conf"',
+            "cluster {",
+            '  include "route-tls.conf"',
+            "}",
+            "",
+        ]
+    )
+
+
 def member_conf(
     name: str,
     listen: str,
