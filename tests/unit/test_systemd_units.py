@@ -31,6 +31,25 @@ def test_one_unit_per_service_restarted_always(name: str) -> None:
     assert service["EnvironmentFile"] == "/etc/vigil/vigil.env"
 
 
+ROLE_KEY = {
+    "membership": "membership.nk",
+    "placement": "placement.nk",
+    "address": "node.nk",
+    "supervisor": "node.nk",
+}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_unit_authenticates_with_its_own_role(name: str) -> None:
+    """Its own key as a systemd credential, the CA; the shared env file sets neither."""
+    service = unit(name)["Service"]
+    assert service["LoadCredential"] == f"nats.nk:/etc/vigil/secure/creds/{ROLE_KEY[name]}"
+    env = dict(item.split("=", 1) for item in service["Environment"].split())
+    assert env == {"VIGIL_CREDS": "%d/nats.nk", "VIGIL_TLS_CA": "/etc/vigil/secure/ca.pem"}
+    shared = [line for line in (UNITS / "vigil.env").read_text().splitlines() if "=" in line]
+    assert not any(line.startswith(("VIGIL_CREDS", "VIGIL_TLS")) for line in shared)
+
+
 def test_address_is_bounded_to_the_network_capabilities() -> None:
     service = unit("address")["Service"]
     assert set(service["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
