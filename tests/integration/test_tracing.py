@@ -49,6 +49,10 @@ async def test_a_chain_of_handlers_is_one_trace(nats_url: str) -> None:
     try:
         await second.subscribe(subjects.node_lost("n1"), NodeLost, decide)
         await first.subscribe(subjects.placement("web1"), PlacementDecided, acquired)
+        # the server has both subscriptions before the first publish (two connections: without
+        # a round trip each, the node_lost could reach the server before placement's SUB)
+        await first.nc.flush()
+        await second.nc.flush()
         with tracing.span("node lost", node="n1"):
             await first.publish(
                 subjects.node_lost("n1"), NodeLost(**first.stamp(), node="n1", silent_for=0.8)

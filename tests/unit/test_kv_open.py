@@ -27,6 +27,7 @@ class FlakyJetStream:
 class FakeBus:
     def __init__(self, js: FlakyJetStream) -> None:
         self.js = js
+        self.denied: list[str] = []  # permission violations the server reported
 
 
 async def test_kv_retries_timeouts_and_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
