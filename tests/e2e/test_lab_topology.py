@@ -185,12 +185,6 @@ class TestProductionTopology:
         assert copies and set(copies.values()) == {3}, copies
         assert {"KV_vigil_nodes", "KV_vigil_placement", "VIGIL_EVENTS"} <= set(copies), copies
 
-    @pytest.mark.xfail(
-        strict=False,
-        reason="issue 10, open: with a NATS server down, n2's supervisor sometimes never starts "
-        "the app after its address was acquired (its handler failed on 'no response from "
-        "stream' and the reconcile did not repair it); seen once in 5 CI runs",
-    )
     def test_node_loss_fails_over_with_a_nats_server_and_a_membership_replica_down(
         self, require_netns: None, topo_lab: Prefix
     ) -> None:
@@ -298,12 +292,6 @@ class TestProductionTopology:
             interval=0.2,
         )
 
-    @pytest.mark.xfail(
-        reason="known bug (docs/lab.md): with the leader of KV_vigil_nodes dead, both membership "
-        "replicas' compare-and-set of the lost node's record fails ('wrong last sequence'), each "
-        "takes it for the other's success, and the node is never declared lost",
-        strict=False,
-    )
     def test_node_loss_fails_over_with_the_nodes_bucket_leader_down(
         self, require_netns: None, topo_lab: Prefix
     ) -> None:

@@ -6,20 +6,26 @@ with real placement / supervisor / membership services and the test standing in 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from nats.aio.client import Client
+from nats.js.errors import NoStreamResponseError
+from nats.js.kv import KeyValue
 
 from vigil.core.bus import encode, get_record, kv, now
 from vigil.core.clusterconfig import store
-from vigil.core.subjects import Subjects, address_key
+from vigil.core.subjects import Subjects, address_key, app_key
 from vigil.placement.service import PlacementService, release_bound
+from vigil.supervisor import service as supervisor_service
 from vigil.supervisor.service import Supervisor
 from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import AppStarted, AppStopped, NodeJoined, PlacementDecided
-from vigil.wire.records import AddressStatus, Intent, NodeRecord, Placement
+from vigil.wire.records import AddressStatus, AppStatus, Intent, NodeRecord, Placement
 
 from .conftest import DEADLINE, Hearts, Services, group, make_spec, of, record
 from .test_membership import ProbedMembership
@@ -59,6 +65,108 @@ class Stage:
     async def held(self, node: str, epoch: int, held: bool = True) -> None:
         status = AddressStatus("g1", node, ADDRESS, held, epoch)
         await self.observed.put(address_key(node, "g1"), encode(status))
+
+
+class FlakyPuts:
+    """Makes the supervisor's ``observed`` bucket refuse one chosen write the way JetStream does
+    while the stream elects a leader ('no response from stream'): deterministic, where killing
+    a server of a cluster is not."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, bucket: str) -> None:
+        self.armed: Callable[[str, AppStatus], bool] | None = None
+        self.refused: list[AppStatus] = []
+        real_kv = kv
+
+        async def kv_(bus: Any, name: str) -> KeyValue:
+            opened = await real_kv(bus, name)
+            if name == bucket:
+                put = opened.put
+
+                async def flaky(key: str, value: bytes, **kw: Any) -> int:
+                    status = msgspec.json.decode(value, type=AppStatus)
+                    if self.armed is not None and self.armed(key, status):
+                        self.armed = None
+                        self.refused.append(status)
+                        raise NoStreamResponseError
+                    return await put(key, value, **kw)
+
+                opened.put = flaky  # type: ignore[method-assign,assignment]
+            return opened
+
+        monkeypatch.setattr(supervisor_service, "kv", kv_)
+
+
+async def record_comes(
+    bucket: KeyValue, key: str, wanted: Callable[[AppStatus], bool], timeout: float = DEADLINE
+) -> AppStatus:
+    """The record of ``key`` once it says what is ``wanted`` (watched, not polled)."""
+    watcher = await bucket.watch(key)
+    try:
+        async with asyncio.timeout(timeout):
+            async for entry in watcher:
+                if entry is not None and entry.value:
+                    status = msgspec.json.decode(entry.value, type=AppStatus)
+                    if wanted(status):
+                        return status
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    raise AssertionError(f"the watch of {key} ended")
+
+
+async def test_a_stop_whose_record_failed_to_be_written_is_recorded_all_the_same(
+    client: Client,
+    services: Services,
+    subjects: Subjects,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record left saying "running" on n1 keeps every other node from starting g1: its
+    failed write must be repeated until it is stored."""
+    s = subjects
+    flaky = FlakyPuts(monkeypatch, s.bucket_observed)
+    stage = await Stage(services, s).open(spec())
+    await stage.up(*NODES)
+    await stage.placed("n1", 3)
+    await stage.held("n1", 3)
+    apps = await record(client, s.all_app_events("n1"))
+    sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path)
+    services.spawn(sup.run(), "supervisor-n1")
+    await apps.expect(of(AppStarted, group="g1", epoch=3))
+    await record_comes(stage.observed, app_key("n1", "g1"), lambda a: a.running)
+
+    flaky.armed = lambda key, status: key == app_key("n1", "g1") and not status.running
+    await stage.placed("n2", 4)
+    await apps.expect(of(AppStopped, group="g1", epoch=3))
+    stored = await record_comes(stage.observed, app_key("n1", "g1"), lambda a: not a.running)
+    assert flaky.refused and not flaky.refused[0].running, flaky.refused
+    assert stored.epoch == 3 and not stored.stop_failed, stored
+
+
+async def test_a_start_whose_record_failed_to_be_written_keeps_its_app_and_records_it(
+    client: Client,
+    services: Services,
+    subjects: Subjects,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transient bus error is not the app's failure: it is not stopped, and its record is
+    written once the bucket answers."""
+    s = subjects
+    flaky = FlakyPuts(monkeypatch, s.bucket_observed)
+    flaky.armed = lambda key, status: key == app_key("n1", "g1") and status.running
+    stage = await Stage(services, s).open(spec())
+    await stage.up(*NODES)
+    await stage.placed("n1", 3)
+    await stage.held("n1", 3)
+    apps = await record(client, s.all_app_events("n1"))
+    sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path)
+    services.spawn(sup.run(), "supervisor-n1")
+    started = await apps.expect(of(AppStarted, group="g1", epoch=3))
+    stored = await record_comes(stage.observed, app_key("n1", "g1"), lambda a: a.running)
+    assert flaky.refused and flaky.refused[0].running, flaky.refused
+    assert (stored.epoch, stored.pid) == (3, started.pid), (stored, started)
+    await apps.none_within(of(AppStopped, group="g1"), since=apps.after(started), timeout=1.0)
+    assert len(apps.matching(of(AppStarted, group="g1"))) == 1
 
 
 async def test_a_stray_placement_event_with_a_big_epoch_changes_nothing(

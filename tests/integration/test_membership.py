@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -140,6 +142,43 @@ async def test_two_replicas_publish_each_transition_once(
     assert len(rec.matching(of(NodeJoined, node="n2"))) == 1
     assert rec.matching(of(NodeLost, node="n2")) == []
     assert {e.source for e in rec.events} <= {m.bus.source for m in replicas}
+
+
+async def test_a_node_is_lost_though_both_replicas_first_declare_it_on_a_stale_revision(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    """Both replicas' compare-and-set of the lost node's record is refused ('wrong last
+    sequence': their copy was stale, as with the nodes bucket's leader dead). Neither may take
+    the refusal for the other's success: each re-reads, decides again, and n1 is lost."""
+    s = subjects
+    rec = await record(client, s.all_node_events)
+    replicas, hearts = await start_membership(services, client, s, replicas=2)
+    await rec.expect(of(NodeJoined, node="n1"))
+    refused: list[str] = []
+    for m in replicas:
+        assert m.nodes is not None
+        update = m.nodes.update
+
+        def stale_once(m: ProbedMembership, update: Any) -> Any:
+            async def first_on_a_stale_revision(key: str, value: bytes, last: int) -> int:
+                record_ = msgspec.json.decode(value, type=NodeRecord)
+                # refused until both replicas have been: each fails before either succeeds
+                if key == "n1" and record_.state == "lost" and len(set(refused)) < 2:
+                    refused.append(m.bus.source)
+                    last -= 1  # the server refuses it, as it refuses a stale copy's revision
+                return int(await update(key, value, last=last))
+
+            return first_on_a_stale_revision
+
+        m.nodes.update = stale_once(m, update)  # type: ignore[method-assign]
+
+    mark = rec.mark()
+    hearts.beating.discard("n1")
+    lost = await rec.expect(of(NodeLost, s.node_lost("n1"), node="n1"), since=mark)
+    assert set(refused) == {m.bus.source for m in replicas}, refused
+    await rec.none_within(of(NodeLost, node="n1"), since=rec.after(lost), timeout=2 * LEASE)
+    stored = await get_record(await kv(replicas[0].bus, s.bucket_nodes), "n1", NodeRecord)
+    assert stored is not None and stored.state == "lost", stored
 
 
 async def test_a_node_dropped_from_the_file_and_readded_while_dead_is_lost(

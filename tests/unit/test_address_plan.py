@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Interface
 
-from vigil.address.plan import Acquire, Release, Want, plan
+from vigil.address.plan import Acquire, Recorded, Release, Want, plan, record_fix
 
 A = IPv4Interface("10.213.0.101/24")
 B = IPv4Interface("10.213.0.102/24")
@@ -50,3 +50,31 @@ def test_a_switchover_releases_at_once_while_the_app_stops() -> None:
     assert plan({}, MANAGED, {OWN, A}, {"web1": 3}, {"web1"}, moving={"web1"}) == [
         Release("web1", A)
     ]
+
+
+# -- the observed record must say what is held here ------------------------------------------
+
+
+def test_an_acquired_address_whose_record_was_not_written_is_recorded_held() -> None:
+    # the bucket elected a leader while the acquisition was recorded: the record never said it
+    assert record_fix(None, 4, present=True) == Recorded(True, 4)
+    assert record_fix(Recorded(False, 3), 4, present=True) == Recorded(True, 4)
+    assert record_fix(Recorded(True, 3), 4, present=True) == Recorded(True, 4)
+
+
+def test_a_record_that_says_what_is_held_is_left_alone() -> None:
+    assert record_fix(Recorded(True, 4), 4, present=True) is None
+    assert record_fix(Recorded(False, 4), None, present=False) is None
+    assert record_fix(None, None, present=False) is None
+
+
+def test_an_address_gone_from_the_interface_is_recorded_released_at_the_latest_epoch() -> None:
+    assert record_fix(Recorded(True, 3), None, present=False, placed_epoch=5) == Recorded(False, 5)
+    assert record_fix(Recorded(True, 6), None, present=False, placed_epoch=5) == Recorded(False, 6)
+
+
+def test_an_acquisition_still_under_way_is_not_recorded_either_way() -> None:
+    # held in our table, not on the interface as read for the batch: the acquire records it
+    assert record_fix(Recorded(False, 3), 4, present=False) is None
+    # on the interface, not in our table: the plan acquires or releases it first
+    assert record_fix(Recorded(True, 3), None, present=True) is None

@@ -58,3 +58,27 @@ def plan(
         if want.address not in actual or held_epoch.get(group) != want.epoch:
             actions.append(Acquire(group, want.address, want.epoch))
     return actions
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the observed record of a group's address on this node says."""
+
+    held: bool
+    epoch: int
+
+
+def record_fix(
+    recorded: Recorded | None, held_epoch: int | None, present: bool, placed_epoch: int = 0
+) -> Recorded | None:
+    """What the record must be rewritten to say so it tells what this node holds, or None when
+    it already does. Acquiring and releasing act on the kernel first and record after: a record
+    that failed to be written (the bucket electing a leader) is rewritten here, else the
+    supervisor waits for a held record forever (acquired) or placement for a release."""
+    if held_epoch is not None and present:
+        if recorded is None or not recorded.held or recorded.epoch != held_epoch:
+            return Recorded(True, held_epoch)
+        return None
+    if recorded is not None and recorded.held and held_epoch is None and not present:
+        return Recorded(False, max(recorded.epoch, placed_epoch))
+    return None

@@ -32,7 +32,7 @@ from ..core.subjects import address_key, app_key
 from .fence import Fence
 from .garp import GarpDropped, send_gratuitous_arp
 from .netlink import Netlink
-from .plan import Acquire, Action, Release, Want, plan
+from .plan import Acquire, Action, Recorded, Release, Want, plan, record_fix
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +260,9 @@ class AddressService(Reconciler):
 
     async def repair_record(self, group: str) -> None:
         """The observed record must say what we hold: an address dropped at a lease lapse (or
-        removed by hand) is recorded released, else placement waits for it forever; a record
-        that does not decode is rewritten."""
+        removed by hand) is recorded released, else placement waits for it forever; one
+        acquired whose record failed to be written is recorded held, else the supervisor never
+        starts the app (issue 10); a record that does not decode is rewritten."""
         key = address_key(self.node, group)
         status = self.mine.get(key)
         if key in self.mine.unreadable and status is None:
@@ -272,16 +273,19 @@ class AddressService(Reconciler):
                     group, address, self.held.get(group, 0), held=group in self.held
                 )
             return
-        if (
-            status is not None
-            and status.held
-            and group not in self.held
-            and IPv4Interface(status.address) not in self.actual
-        ):
-            log.warning("%s: recorded held, but not held here: recording it released", group)
-            placement = self.placements.get(group)
-            epoch = max(status.epoch, placement.epoch if placement else 0)
-            await self.announce(group, IPv4Interface(status.address), epoch, held=False)
+        placement = self.placements.get(group)
+        recorded = Recorded(status.held, status.epoch) if status is not None else None
+        address = IPv4Interface(status.address) if status is not None else None
+        if group in self.held:
+            address = next((a for a, g in self.managed().items() if g == group), address)
+        present = address is not None and address in self.actual
+        fix = record_fix(
+            recorded, self.held.get(group), present, placement.epoch if placement else 0
+        )
+        if fix is None or address is None:
+            return
+        log.warning("%s: recorded as %s, not what is held here: rewriting it", group, recorded)
+        await self.announce(group, address, fix.epoch, held=fix.held)
 
     async def acquire(self, action: Acquire) -> None:
         assert self.netlink is not None and self.fence is not None

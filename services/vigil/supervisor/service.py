@@ -64,6 +64,7 @@ class Supervisor(Reconciler):
         self.local_ban: dict[str, float] = {}  # group -> unix time: failed for good here
         self.tg: asyncio.TaskGroup | None = None
         self.want: dict[str, int] = {}  # the current batch's groups to run here, with epochs
+        self.meant: dict[str, AppStatus] = {}  # group -> what its record here must say
 
     def log_path(self, group: str) -> Path:
         return self.state_dir / "logs" / f"{group}.log"
@@ -134,21 +135,25 @@ class Supervisor(Reconciler):
     async def on_placement(self, event: PlacementDecided) -> None:
         """A hint: re-read the decision when it may concern us; the bucket is the truth."""
         cached = self.placements.get(event.group)
-        if self.node in (event.node, event.previous, event.moving_to) or (
-            cached is not None and cached.node == self.node
-        ):
-            await self.placements.reread(event.group)
-        self.mark(event.group)
+        try:
+            if self.node in (event.node, event.previous, event.moving_to) or (
+                cached is not None and cached.node == self.node
+            ):
+                await self.placements.reread(event.group)
+        finally:  # a failed re-read (JetStream electing a leader): the reconcile reads the cache
+            self.mark(event.group)
 
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
-        await self.addresses.reread(address_key(self.node, event.group))
         # Our own node's address service says it released the address (it records it right
-        # after): the halt method's last step is done.
+        # after): the halt method's last step is done. Before the re-read, which may fail.
         if isinstance(event, AddressReleased) and event.group in self.pending_down:
             # Halt method, last step: the address is gone, so the service is down here.
             epoch = self.pending_down.pop(event.group)
             await self.service_down(event.group, epoch, self.down_reason.get(event.group, "user"))
-        self.mark(event.group)
+        try:
+            await self.addresses.reread(address_key(self.node, event.group))
+        finally:
+            self.mark(event.group)
 
     async def on_logs(self, msg: Msg) -> None:
         group = msg.data.decode(errors="replace").strip()
@@ -219,6 +224,18 @@ class Supervisor(Reconciler):
             run.epoch = epoch
         elif epoch is not None:
             self.begin(key, epoch)
+        await self.repair_status(key)
+
+    async def repair_status(self, group: str) -> None:
+        """Our app's record must say what we last meant it to: a write that failed (the bucket
+        electing a leader) is written again, with the queue's backoff until it is stored. A
+        record left saying "running" would keep every other node from starting the group."""
+        meant = self.meant.get(group)
+        if meant is not None and self.apps.get(app_key(self.node, group)) != meant:
+            log.info("%s: rewriting its app record (%s)", group, meant)
+            await self.write_status(meant)
+            if self.meant[group] is not meant:  # a newer one was meant meanwhile: not lost
+                self.mark(group)
 
     async def after_batch(self) -> None:
         await self.announce_services()
@@ -323,10 +340,22 @@ class Supervisor(Reconciler):
         pid: int | None = None,
         stop_failed: bool = False,
     ) -> None:
-        await self.observed.put(
-            app_key(self.node, group),
-            encode(AppStatus(group, self.node, running, epoch, pid, stop_failed)),
-        )
+        """Record it; a failed write is left to the reconcile (``repair_status``) to repeat, so
+        a transient bus error neither stops a run nor loses the record."""
+        status = AppStatus(group, self.node, running, epoch, pid, stop_failed)
+        self.meant[group] = status
+        try:
+            await self.write_status(status)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s: could not record its app (%s); retrying", group, exc)
+            self.mark(group)
+
+    async def write_status(self, status: AppStatus) -> None:
+        key = app_key(self.node, status.group)
+        revision = await self.observed.put(key, encode(status))
+        self.apps.note(key, revision, status)
 
     async def app_started(self, group: str, epoch: int, pid: int) -> None:
         log.info("started %s (pid %d, epoch %d)", group, pid, epoch)
