@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from ipaddress import IPv4Address, IPv4Interface
@@ -139,7 +140,8 @@ class AddressService(Reconciler):
             # acquisition meanwhile leases them again under the new generation.
             self.held.clear()
             assert self.tg is not None
-            self.tg.create_task(self.drop_all(beat.drop), name="drop-all")
+            with contextlib.suppress(RuntimeError):  # the service is stopping: nothing to drop
+                self.tg.create_task(self.drop_all(beat.drop), name="drop-all")
         if beat.incarnation != self.incarnation:
             self.incarnation = beat.incarnation
             self.mark_all()
