@@ -9,7 +9,7 @@ DEB_PACKAGES := iproute2 nftables procps curl util-linux nginx-light redis-serve
 
 .DEFAULT_GOAL := help
 .PHONY: help setup deps run test test-unit test-integration test-e2e test-deploy lint typecheck schemas \
-        bench chaos lab-down clean
+        bench bench-flood chaos lab-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ schemas: setup ## regenerate schemas/json from the Structs
 
 bench: setup ## failover and scale benchmarks; writes docs/benchmarks.md
 	$(BIN)/python -m bench
+
+bench-flood: setup ## floods vs leases: longest gap between grants under a 10k msg/s flood; docs/security.md
+	$(BIN)/python -m bench.flood
 
 chaos: setup ## randomized fault schedules over the lab (root; SCHEDULES=200 SEED=1); docs/reliability.md
 	$(BIN)/python -m bench.chaos --schedules $(or $(SCHEDULES),200) --seed $(or $(SEED),1)

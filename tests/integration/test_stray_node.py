@@ -45,7 +45,7 @@ async def test_a_node_missing_from_the_file_touches_nothing_and_is_listed(
 
     with caplog.at_level(logging.ERROR, logger="vigil.core.stray"):
         await strays_become(services, ["n9"])
-    assert address.netlink is None and address.fence is None
+    assert address.netlink is None and address.heart is None
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 2, errors  # one per service, the next only a minute later
     assert all("'n9' is not in the applied cluster file (nodes: n1, n2)" in e for e in errors)

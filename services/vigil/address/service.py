@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from ipaddress import IPv4Address, IPv4Interface
@@ -17,7 +18,6 @@ from vigil.wire.events import (
     AppStopFailed,
     AppStopped,
     ConfigApplied,
-    Heartbeat,
     LeaseGranted,
     PlacementDecided,
 )
@@ -25,12 +25,12 @@ from vigil.wire.records import AddressStatus, AppStatus, Placement
 
 from ..core.bus import Bus, all_records, encode, get_record, kv
 from ..core.errors import Conflict
-from ..core.lease import fence_ttl
 from ..core.reconciler import Reconciler, group_of
 from ..core.stray import wait_until_listed
 from ..core.subjects import address_key, app_key
 from .fence import Fence
 from .garp import GarpDropped, send_gratuitous_arp
+from .heart import Beat, Heart
 from .netlink import Netlink
 from .plan import Acquire, Action, Recorded, Release, Want, plan, record_fix
 
@@ -53,7 +53,9 @@ class AddressService(Reconciler):
         self.fence_expiry = 0.0  # monotonic time our current lease lapses
         self.incarnation = 0  # ours, as membership last granted it
         self.missed = 0  # heartbeats in a row without a grant
-        self.fence: Fence | None = None
+        self.generation = 0  # the heart's, as it last told us (it bumps it when it lets go)
+        self.heart: Heart | None = None
+        self.tg: asyncio.TaskGroup | None = None
         self.netlink: Netlink | None = None
         self.actions: dict[str, list[Action]] = {}  # the current batch's plan, by group
         self.actual: set[IPv4Interface] = set()  # the interface's addresses, read for the batch
@@ -71,7 +73,6 @@ class AddressService(Reconciler):
         return {**self.remembered, **current}
 
     async def run(self) -> None:
-        s = self.bus.subjects
         # Nothing to do, and no lease to hold, before a cluster file that lists this node: a
         # node it does not know must not fence or address any interface (not even eth0).
         await wait_until_listed(self.bus, self.config, self.node, "address")
@@ -79,8 +80,18 @@ class AddressService(Reconciler):
         ifname = self.ifname(self.config.spec)
         # pyroute2's IPRoute is synchronous and refuses to run on the loop's thread.
         self.netlink = await asyncio.to_thread(Netlink, ifname)
-        self.fence = Fence(ifname)
-        await self.fence.install(self.vips())  # no lease yet: nothing of ours answers
+        self.heart = Heart(self.bus, self.node, Fence(ifname), self.timing, self.on_beat)
+        await self.heart.start()
+        try:
+            await self.serve(ifname)
+        finally:
+            await self.heart.stop()
+            await asyncio.to_thread(self.netlink.close)
+
+    async def serve(self, ifname: str) -> None:
+        assert self.heart is not None
+        s = self.bus.subjects
+        await self.heart.install(self.vips())  # no lease yet: nothing of ours answers
         observed = await kv(self.bus, s.bucket_observed)
         self.observed = observed
         for status in (
@@ -104,12 +115,10 @@ class AddressService(Reconciler):
             )
         await self.bus.subscribe(s.config_applied, ConfigApplied, self.on_config)
         log.info("address service for node %s on %s", self.node, ifname)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.heartbeat_loop(), name="heartbeat")
-                self.start(tg)
-        finally:
-            await asyncio.to_thread(self.netlink.close)
+        async with asyncio.TaskGroup() as tg:
+            self.tg = tg
+            tg.create_task(self.heart.beating(), name="heartbeat")
+            self.start(tg)
 
     def vips(self) -> list[IPv4Address]:
         return [a.ip for a in self.managed()]
@@ -120,75 +129,31 @@ class AddressService(Reconciler):
         return spec.cluster.timing.heartbeat, spec.cluster.timing.lease
 
     # -- the lease -----------------------------------------------------------------------------
-    async def heartbeat_loop(self) -> None:
-        """Ask membership for a lease; only its answer extends the kernel fence (the server
-        merely accepting the heartbeat does not: docs/safety.md)."""
-        assert self.fence is not None
-        while True:
-            heartbeat, lease = self.timing()
-            ttl = fence_ttl(heartbeat, lease)
-            started = time.monotonic()
-            try:
-                reply = await self.bus.nc.request(
-                    self.bus.subjects.heartbeat(self.node),
-                    encode(Heartbeat(**self.bus.stamp(), node=self.node)),
-                    timeout=max(heartbeat, 0.05),
-                )
-                grant = _GRANT.decode(reply.data)
-                if grant.node != self.node:
-                    raise ValueError(f"a lease for {grant.node!r} answered our heartbeat")
-                # A lease may only be extended while it still holds: once it lapsed (we were
-                # frozen, or cut off) the cluster may have moved our groups, so let go first.
-                if self.held and time.monotonic() >= self.fence_expiry:
-                    await self.drop_all("lease lapsed")
-                if grant.incarnation != self.incarnation:
-                    # Declared lost meanwhile (and rejoined): what we held is no longer ours,
-                    # and we take nothing until placement gives it to this incarnation.
-                    if self.held:
-                        await self.drop_all(
-                            f"membership declared {self.node} lost; now incarnation "
-                            f"{grant.incarnation}"
-                        )
-                    self.incarnation = grant.incarnation
-                    self.mark_all()
-                # The lease counts from when the heartbeat left, not from now: a slow answer
-                # or a slow nft must shorten the fence, never stretch it (docs/safety.md).
-                expiry = started + min(ttl, grant.ttl)
-                await self.renew_fence(expiry)
-                self.fence_expiry = expiry
-                if self.retry_after_heartbeat:
-                    self.retry_after_heartbeat = False
-                    self.mark_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.missed += 1
-                n = self.missed
-                log.log(
-                    logging.WARNING if n & (n - 1) == 0 else logging.DEBUG,
-                    "no lease granted (%s, %d in a row); lease runs out in %.3fs",
-                    exc or type(exc).__name__,
-                    n,
-                    self.fence_expiry - time.monotonic(),
-                )
-            else:
-                self.missed = 0
-            if time.monotonic() >= self.fence_expiry and self.held:
-                await self.drop_all("lease lapsed")
-            await asyncio.sleep(max(0.0, started + heartbeat - time.monotonic()))
+    def on_beat(self, beat: Beat) -> None:
+        """How the heart's last heartbeat went (on our loop). Only a grant extends the fence;
+        the heart does that on its own thread (address/heart.py): this learns the outcome."""
+        self.fence_expiry = beat.expiry
+        self.missed = beat.missed
+        self.generation = beat.generation  # it changes only with a drop
+        if beat.drop is not None:
+            # The heart let go of the lease already; forget our holdings at once, so that no
+            # acquisition meanwhile leases them again under the new generation.
+            self.held.clear()
+            assert self.tg is not None
+            with contextlib.suppress(RuntimeError):  # the service is stopping: nothing to drop
+                self.tg.create_task(self.drop_all(beat.drop), name="drop-all")
+        if beat.incarnation != self.incarnation:
+            self.incarnation = beat.incarnation
+            self.mark_all()
+        if beat.granted and self.retry_after_heartbeat:
+            self.retry_after_heartbeat = False
+            self.mark_all()
 
-    async def renew_fence(self, expiry: float) -> None:
-        """Lease what we hold until ``expiry`` (monotonic); nothing if that is already past."""
-        assert self.fence is not None
-        before = time.monotonic()
-        remaining_ms = int((expiry - before) * 1000)
-        leased = self.leased() if remaining_ms > 0 else []
-        await self.fence.renew(leased, max(remaining_ms, 1), self.vips())
-        if leased and time.monotonic() > expiry:
-            # We stalled between reading the clock and nft's commit (a freeze, a starved CPU):
-            # the kernel got a lease that reaches past ``expiry``. Take it back at once.
-            log.error("fence renewal stalled past its own expiry; withdrawing the lease")
-            await self.fence.renew([], 1, self.vips())
+    async def renew_fence(self) -> None:
+        """Lease what we hold now, for what remains of the current lease (on the heart's
+        thread, serialised with its renewals)."""
+        assert self.heart is not None
+        await self.heart.hold(self.leased(), self.vips(), self.generation)
 
     def leased(self) -> list[IPv4Address]:
         by_group = {g: a for a, g in self.managed().items()}
@@ -198,15 +163,19 @@ class AddressService(Reconciler):
         return time.monotonic() < self.fence_expiry
 
     async def drop_all(self, why: str) -> None:
-        """Our lease lapsed: the cluster may already have moved our groups. Let go of everything
+        """Our lease lapsed (the heart let go of it already: the kernel answers for none of our
+        addresses): the cluster may already have moved our groups. Let go of everything
         locally; the next reconcile re-reads the bus before taking anything back."""
         assert self.netlink is not None
         log.error("%s: releasing every address held here", why)
+        self.held.clear()
         managed = self.managed()
         netlink = self.netlink
-        for address in await asyncio.to_thread(netlink.addresses) & managed.keys():
-            await asyncio.to_thread(netlink.remove, address)
-        self.held.clear()
+        try:
+            for address in await asyncio.to_thread(netlink.addresses) & managed.keys():
+                await asyncio.to_thread(netlink.remove, address)
+        except Exception as exc:  # unanswered anyway (no lease): the reconcile removes them
+            log.error("could not remove every address (%s); the reconcile retries", exc)
         self.mark_all()
 
     # -- edge triggers -------------------------------------------------------------------------
@@ -288,7 +257,7 @@ class AddressService(Reconciler):
         await self.announce(group, address, fix.epoch, held=fix.held)
 
     async def acquire(self, action: Acquire) -> None:
-        assert self.netlink is not None and self.fence is not None
+        assert self.netlink is not None
         if not self.in_lease():
             log.info("not acquiring %s: this node holds no lease right now", action.group)
             self.retry_after_heartbeat = True
@@ -314,7 +283,7 @@ class AddressService(Reconciler):
         self.held[action.group] = action.epoch
         self.remembered[action.address] = action.group
         # Lease first, then the address: the address must answer the moment it exists.
-        await self.renew_fence(self.fence_expiry)
+        await self.renew_fence()
         await asyncio.to_thread(self.netlink.add, action.address)
         try:
             send_gratuitous_arp(self.netlink.ifname, action.address.ip, count=1)
@@ -345,11 +314,11 @@ class AddressService(Reconciler):
                 log.warning("repeat gratuitous ARP for %s failed: %s", ip, exc)
 
     async def release(self, action: Release) -> None:
-        assert self.netlink is not None and self.fence is not None
+        assert self.netlink is not None
         epoch = self.held.pop(action.group, 0)
         await asyncio.to_thread(self.netlink.remove, action.address)
         self.remembered.pop(action.address, None)
-        await self.renew_fence(self.fence_expiry)
+        await self.renew_fence()
         log.info("released %s of %s", action.address, action.group)
         placement = self.placements.get(action.group)
         await self.announce(

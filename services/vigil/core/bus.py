@@ -153,6 +153,15 @@ class Bus:
         self._seq = itertools.count(1)
         self._ping: asyncio.Future[None] | None = None
         self._ping_epoch = 0  # the connection's reconnect count when that PING was sent
+        self._again: Callable[[str], Awaitable[Bus]] | None = None
+
+    async def again(self, service: str) -> Bus:
+        """A second connection like this one (same servers, credentials, TLS, name), for a
+        ``service`` whose traffic must not queue behind this one's (the node's heart). It
+        belongs to the running loop: connect it on the loop that will use it."""
+        if self._again is None:
+            raise BusError("this bus was not made by Bus.connect: no settings to connect again")
+        return await self._again(service)
 
     @classmethod
     async def connect(
@@ -229,6 +238,18 @@ class Bus:
         bus = cls(nc, subjects, source)
         bus.denied = denied
         holder.append(bus)
+
+        async def again(other: str) -> Bus:
+            return await cls.connect(
+                urls,
+                subjects,
+                other,
+                name=name,
+                persistent=persistent,
+                credentials=creds,
+            )
+
+        bus._again = again
         return bus
 
     async def round_trip(self, within: float) -> bool:

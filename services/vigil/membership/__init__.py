@@ -1,7 +1,8 @@
 """Membership: who is alive, and who may answer for its addresses. Cluster-wide; run two or
 more replicas, they agree through compare-and-set on each node's record.
 
-- subscribes: ``<root>_hb.*`` heartbeats (requests) from every node's address service;
+- subscribes: ``<root>_hb.<node>`` heartbeats (requests) from each node of the cluster file
+  (one subscription, one bounded queue, per node: a flood on one starves no other);
   ``config.applied``.
 - publishes: a ``LeaseGranted`` reply to each heartbeat, once the grant is stored;
   ``node.<n>.joined`` and ``node.<n>.lost``.

@@ -33,6 +33,10 @@ from . import leases
 
 log = logging.getLogger(__name__)
 _HEARTBEAT = msgspec.json.Decoder(Heartbeat)
+# A node beats a few times a second: more queued than this is a flood, dropped (and counted)
+# by the client. Heartbeats are a few hundred bytes; the byte bound lets one max_payload in.
+HEARTBEATS_PENDING_MSGS = 64
+HEARTBEATS_PENDING_BYTES = 2 * 1024 * 1024
 
 
 class Membership:
@@ -41,7 +45,10 @@ class Membership:
         self.config = ConfigSource(bus)
         self.nodes: KeyValue | None = None
         self.records: KVCache[NodeRecord] | None = None
-        self.heartbeats: Subscription | None = None
+        # One subscription per node of the cluster file, each with its own small queue: a node
+        # flooding its own heartbeat subject fills (and overflows) only its own, and every
+        # other node's heartbeats are read by their own task, not behind the flood.
+        self.heartbeats: dict[str, Subscription] = {}
         # No node is declared lost before this (monotonic): a full lease from our start, and
         # from every reconnection, for its heartbeats to reach us (a bus outage is not the
         # death of every node).
@@ -66,9 +73,6 @@ class Membership:
         self.nodes = await kv(self.bus, self.bus.subjects.bucket_nodes)
         self.records = KVCache(self.nodes, NodeRecord, connection=self.bus.nc)
         await self.reload()
-        self.heartbeats = await self.bus.nc.subscribe(
-            self.bus.subjects.all_heartbeats, cb=self.on_heartbeat
-        )
         await self.bus.subscribe(self.bus.subjects.config_applied, ConfigApplied, self.on_config)
         async with asyncio.TaskGroup() as tg:
             self.tg = tg
@@ -82,6 +86,7 @@ class Membership:
         _, lease = self.timing()
         if self.grace_until == float("inf"):
             self.grace_until = time.monotonic() + lease
+        await self.listen({n.name for n in self.config.spec.nodes})
         log.info(
             "config revision %s: %d nodes, lease %gs",
             self.config.revision,
@@ -93,6 +98,19 @@ class Membership:
         await self.reload()
 
     # -- grants --------------------------------------------------------------------------------
+    async def listen(self, nodes: set[str]) -> None:
+        """Subscribe to the heartbeats of exactly ``nodes`` (a node not in the cluster file is
+        not listened to: its heartbeats are never read)."""
+        for node in sorted(self.heartbeats.keys() - nodes):
+            await self.heartbeats.pop(node).unsubscribe()
+        for node in sorted(nodes - self.heartbeats.keys()):
+            self.heartbeats[node] = await self.bus.nc.subscribe(
+                self.bus.subjects.heartbeat(node),
+                cb=self.on_heartbeat,
+                pending_msgs_limit=HEARTBEATS_PENDING_MSGS,
+                pending_bytes_limit=HEARTBEATS_PENDING_BYTES,
+            )
+
     async def on_heartbeat(self, msg: Msg) -> None:
         if replayed(msg):  # a consumer aimed at the heartbeat subject: no one's heartbeat
             self.bus.drop(msg.subject, "replayed by a JetStream consumer, not published")
@@ -276,7 +294,7 @@ class Membership:
         if not await self.bus.round_trip(0.5):
             return  # no bus: nothing queued we could read anyway
         for _ in range(100):
-            if self.heartbeats is None or self.heartbeats.pending_msgs == 0:
+            if all(sub.pending_msgs == 0 for sub in self.heartbeats.values()):
                 break
             await asyncio.sleep(0.001)
         await asyncio.sleep(0)
