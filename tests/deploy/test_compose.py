@@ -25,14 +25,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from vigil.testing.probe import Probe
+from vigil.testing.waiting import wait_until
 
 from . import dockerhost
 from .dockerhost import ROOT, log, run
@@ -45,26 +46,6 @@ SUBNET = "10.231.0."
 WEB1 = "10.231.0.101"
 WEB2 = "10.231.0.102"
 NATS_URL = "nats://nats1:4222,nats://nats2:4222,nats://nats3:4222"
-
-PROBE = r"""
-import errno, socket, sys, time
-host, port = sys.argv[1], int(sys.argv[2])
-while True:
-    t = time.time()
-    try:
-        with socket.create_connection((host, port), timeout=0.2) as s:
-            s.settimeout(1.0)
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        body = data.partition(b"\r\n\r\n")[2].decode().strip()
-        print(f"{t:.3f} ok {body}", flush=True)
-    except OSError as exc:
-        code = errno.errorcode.get(exc.errno or 0, "")
-        print(f"{t:.3f} fail {type(exc).__name__}:{code}", flush=True)
-    time.sleep(0.02)
-"""
 
 
 def require_root() -> None:
@@ -94,44 +75,21 @@ class Compose:
         return run("docker", "ps", "-a", "-q", "--filter", label).split()
 
 
-@dataclass
-class Probe:
-    """A client in the client's namespace hitting one VIP every 20 ms; lines kept with times."""
+def client_probe(compose: Compose, vip: str) -> Probe:
+    """The real client (``vigil.lab.probe``, in the Vigil image) in the client's container,
+    connecting to ``vip`` every 20 ms."""
+    python = ["docker", "exec", compose.container("client"), "python3"]
+    return Probe(python, f"{vip}:8080", timeout=0.2, duration=900)
 
-    compose: Compose
-    target: str
-    lines: list[tuple[float, bool, str]] = field(default_factory=list)
-    proc: subprocess.Popen[str] | None = None
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["docker", "exec", self.compose.container("client"), "python3", "-u", "-c", PROBE,
-             self.target, "8080"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        threading.Thread(target=self._read, daemon=True).start()
+def served_by(probe: Probe, node: str, after: float, timeout: float) -> float:
+    """The time of the first answer from ``node`` sent after ``after``."""
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            t, status, *rest = line.split(maxsplit=2)
-            self.lines.append((float(t), status == "ok", rest[0].strip() if rest else ""))
+    def tail() -> str:
+        lines = "\n".join(f"{a.t:.3f} {a.ok} {a.text}" for a in probe.answers[-10:])
+        return f"the client served by {node}; last answers:\n{lines}"
 
-    def served_by(self, node: str, after: float, timeout: float) -> float:
-        """The time of the first answer from ``node`` sent after ``after``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for t, ok, body in list(self.lines):
-                if t >= after and ok and body.startswith(f"served by {node} "):
-                    return t
-            time.sleep(0.05)
-        tail = "\n".join(f"{t:.3f} {ok} {b}" for t, ok, b in self.lines[-10:])
-        raise AssertionError(f"{self.target} not served by {node} within {timeout}s:\n{tail}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    return wait_until(lambda: probe.served_by(node, after), timeout, tail, interval=0.05).t
 
 
 def status(compose: Compose) -> dict[str, object]:
@@ -274,16 +232,15 @@ def test_compose_deployment_fails_over_between_two_hosts(deployment: Compose) ->
     assert "not authorized" in reader, reader
     log(f"anonymous refused ({anonymous}); the reader may not halt ({reader})")
 
-    probe = Probe(compose, WEB1)
-    probe.start()
+    probe = client_probe(compose, WEB1)
     try:
-        probe.served_by("n1", time.time(), timeout=30)
+        served_by(probe, "n1", time.time(), timeout=30)
 
         # -- host 1 dies ---------------------------------------------------------------------
         killed = time.time()
         run("docker", "kill", *(compose.container(s) for s in ("address1", "supervisor1", "host1")))
-        served = probe.served_by("n2", killed, timeout=30)
-        failed = Counter(why for t, ok, why in probe.lines if killed <= t < served and not ok)
+        served = served_by(probe, "n2", killed, timeout=30)
+        failed = Counter(a.error for a in probe.since(killed) if a.t < served and not a.ok)
         message = (
             f"failover: web1 served from n2 {1000 * (served - killed):.0f} ms after "
             f"`docker kill` of host 1 (failed probes in between: {dict(failed)})"
@@ -298,7 +255,7 @@ def test_compose_deployment_fails_over_between_two_hosts(deployment: Compose) ->
         killed = time.time()
         compose("run", "--rm", "vigil", "apply", "-f", "tests/deploy/cluster.yaml")  # a write
         wait_status(compose, {"web1": "n2", "web2": "n2"}, {"n2"}, timeout=60)
-        probe.served_by("n2", time.time(), timeout=15)
+        served_by(probe, "n2", time.time(), timeout=15)
     finally:
         probe.stop()
     log("one NATS server down: status, apply and web1 still work")
@@ -310,10 +267,9 @@ def test_compose_deployment_fails_over_between_two_hosts(deployment: Compose) ->
     log("down and up again")
     # web1 stays on n2 (failback is manual): the applied state, not a fresh start
     wait_status(compose, {"web1": "n2", "web2": "n2"}, {"n1", "n2"}, timeout=180)
-    probe = Probe(compose, WEB2)
-    probe.start()
+    probe = client_probe(compose, WEB2)
     try:
-        probe.served_by("n2", time.time(), timeout=30)
+        served_by(probe, "n2", time.time(), timeout=30)
     finally:
         probe.stop()
     restarts = {name: n for name, n in restart_counts(compose).items() if n}

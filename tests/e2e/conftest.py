@@ -1,9 +1,9 @@
 """End-to-end fixtures: whole labs (``vigil lab``) in network namespaces, and ways to watch them.
 
-Every lab gets a fresh prefix ``ve2e<random>``, so the tests never touch another engineer's lab.
-Teardown always runs (even when a test failed): it resumes anything a test froze, runs
-``Lab.down`` and then *asserts* nothing of the lab is left: no namespace with the prefix, no
-recorded PID alive.
+Every lab is driven by ``vigil.testing.lab.LabDriver`` on a fresh prefix (``ve2e<random>`` here),
+so the tests never touch another engineer's lab. Teardown always runs (even when a test failed):
+it resumes anything a test froze, runs ``Lab.down`` and then *asserts* nothing of the lab is
+left: no namespace with the prefix, no recorded PID alive.
 
 The plumbing lives in ``vigil.testing`` (shared with the benchmarks); observers, all inside the
 lab and bounded in time:
@@ -21,23 +21,14 @@ Tests wait with deadlines (``wait_until``), never with a bare sleep.
 
 from __future__ import annotations
 
-import json
-import secrets
-import signal
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from vigil.cli.main import EXAMPLE
 from vigil.core.config import load_file
-from vigil.lab.lab import CLIENT_IP, Lab, LabState, lab_dir
-from vigil.lab.netns import pids_in
-from vigil.testing.labs import Prefix, lab_creds_args, lab_teardown
+from vigil.lab.lab import CLIENT_IP
+from vigil.testing.lab import VIGIL, LabDriver, driven_lab
 from vigil.testing.netns import (
     IFNAME,
     addresses,
@@ -48,12 +39,10 @@ from vigil.testing.netns import (
     neigh_mac,
     netns_gate,
 )
-from vigil.testing.observers import ArpWatch, NftMonitor
-from vigil.testing.probe import Answer, Probe
-from vigil.testing.procs import alive, run, signal_all
+from vigil.testing.probe import Answer
+from vigil.testing.procs import alive, run
 from vigil.testing.waiting import wait_until
 
-VIGIL = str(Path(sys.executable).parent / "vigil")  # the console script of this environment
 __all__ = ["CLIENT_IP", "IFNAME", "Answer", "in_netns"]
 
 
@@ -84,105 +73,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(f"an earlier step of this story failed: {failed}")
 
 
-# -- the gate --------------------------------------------------------------------------------------
+# -- the lab -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="class")
-def lab_prefix(request: pytest.FixtureRequest) -> Iterator[Prefix]:
-    """A fresh prefix; whatever lab runs under it is torn down and checked at the end. Its logs
-    (``/run/vigil/<prefix>``) are kept only when a test of the class failed."""
-    netns_gate()
-    prefix = Prefix(f"ve2e{secrets.token_hex(3)}")
-    try:
-        yield prefix
-    finally:
-        failed = getattr(request.node, "_failed_step", None)
-        lab_teardown(prefix, keep_logs=failed is not None)
-        if failed is not None:
-            print(f"\nlab {prefix.name}: logs kept in {lab_dir(prefix.name)} ({failed} failed)")
-
-
-@dataclass
-class LabRun:
-    """A lab built from examples/lab.yaml with the ``Lab`` API, plus ways to look at it."""
-
-    lab: Lab
-    state: LabState
-    prefix: Prefix
-    heartbeat: float
-    lease: float
-    observers: list[Probe | ArpWatch | NftMonitor] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return self.state.host_url
-
-    def ns(self, who: str) -> str:
-        return self.state.ns(who)
-
-    def status(self) -> dict[str, Any]:
-        """``vigil status -o json`` against this lab's door."""
-        creds = lab_creds_args(self.prefix.name, "reader")
-        proc = run([VIGIL, "status", "-o", "json", "--nats", self.url, *creds])
-        assert proc.returncode == 0, f"vigil status failed: {proc.stderr.strip()}"
-        view: dict[str, Any] = json.loads(proc.stdout)
-        return view
-
-    def wait_status(
-        self, ok: Callable[[dict[str, Any]], bool], timeout: float, what: str
-    ) -> dict[str, Any]:
-        last: list[dict[str, Any]] = []
-
-        def check() -> dict[str, Any] | None:
-            view = self.status()
-            last[:] = [view]
-            return view if ok(view) else None
-
-        deadline = time.monotonic() + timeout
-        while True:
-            view = check()
-            if view is not None:
-                return view
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:g}s waiting for {what}; status: {last[0]}")
-            time.sleep(0.05)
-
-    def holders(self, address: str, nodes: list[str]) -> list[str]:
-        """Which of ``nodes`` have ``address`` on their interface."""
-        return [n for n in nodes if address in addresses(self.ns(n))]
-
-    def probe(self, target: str) -> Probe:
-        probe = Probe(self.ns("client"), target)
-        self.observers.append(probe)
-        return probe
-
-    def arp_watch(self, vip: str) -> ArpWatch:
-        watch = ArpWatch(self.ns("client"), vip)
-        self.observers.append(watch)
-        return watch
-
-    def nft_monitor(self, node: str) -> NftMonitor:
-        monitor = NftMonitor(self.ns(node))
-        self.observers.append(monitor)
-        monitor.wait_listening()
-        return monitor
-
-    def freeze(self, node: str) -> list[int]:
-        """SIGSTOP every process in the node's namespace (link left up); repeat until no new
-        process appears (a child forked while we were stopping the others)."""
-        stopped: list[int] = []
-        while new := [p for p in pids_in(self.ns(node)) if p not in stopped]:
-            signal_all(new, signal.SIGSTOP)
-            stopped += new
-        self.prefix.pids.update(stopped)
-        return stopped
-
-    def thaw(self, node: str, pids: list[int]) -> None:
-        signal_all(sorted({*pids, *pids_in(self.ns(node))}), signal.SIGCONT)
-
-    def close(self) -> None:
-        for observer in self.observers:
-            observer.stop()
+def lab_driver(request: pytest.FixtureRequest) -> Iterator[LabDriver]:
+    """A driver on a fresh prefix, no lab up yet; whatever lab runs under it is torn down and
+    checked at the end. Its logs (``/run/vigil/<prefix>``) are kept only when a test of the
+    class failed."""
+    with driven_lab("ve2e", failed=lambda: getattr(request.node, "_failed_step", None)) as drv:
+        yield drv
 
 
 class Tools:
@@ -206,17 +106,8 @@ def tools() -> type[Tools]:
 
 
 @pytest.fixture(scope="class")
-def lab(lab_prefix: Prefix) -> Iterator[LabRun]:
+def lab(lab_driver: LabDriver) -> LabDriver:
     """A fresh lab of examples/lab.yaml (three nodes; web1 n1 -> [n2, n3], web2 n2 -> [n3, n1]),
     every group up on its preferred node."""
-    spec = load_file(EXAMPLE)
-    the_lab = Lab(lab_prefix.name)
-    state = the_lab.up(spec, nats_servers=1)  # one server: speed (test_lab_topology runs 3)
-    lab_prefix.note_pids()
-    run_ = LabRun(
-        the_lab, state, lab_prefix, spec.cluster.timing.heartbeat, spec.cluster.timing.lease
-    )
-    try:
-        yield run_
-    finally:
-        run_.close()
+    lab_driver.up(load_file(EXAMPLE))
+    return lab_driver

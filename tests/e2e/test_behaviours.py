@@ -40,24 +40,15 @@ from typing import Any
 import msgspec
 import nats
 import pytest
-from helpers import (
-    VIGIL,
-    BehLab,
-    Seen,
-    addresses,
-    alive,
-    behaviour_lab,
-    latest,
-    process_group,
-    report,
-    run,
-    settle,
-    ts,
-    wait_until,
-)
+from helpers import behaviour_lab, report, ts
 
 from vigil.core.config import load_data
 from vigil.core.credentials import Credentials
+from vigil.testing.events import Seen
+from vigil.testing.lab import VIGIL, LabDriver, latest
+from vigil.testing.netns import addresses
+from vigil.testing.procs import alive, process_group
+from vigil.testing.waiting import wait_until
 from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import (
     AddressAcquired,
@@ -98,17 +89,18 @@ def group(name: str, last_octet: int, preferred: str, possible: list[str], **ext
     }
 
 
-def vip(beh: BehLab, name: str) -> str:
+def vip(beh: LabDriver, name: str) -> str:
     return beh.vip(name)
 
 
-def cidr(beh: BehLab, name: str) -> str:
+def cidr(beh: LabDriver, name: str) -> str:
+    assert beh.spec is not None
     g = beh.spec.group(name)
     assert g is not None
     return g.address
 
 
-def served_by(beh: BehLab, name: str, node: str, timeout: float = STEP) -> None:
+def served_by(beh: LabDriver, name: str, node: str, timeout: float = STEP) -> None:
     """A real client (the probe, from the client namespace) is served by ``node``'s app of
     group ``name`` through its address."""
     want = f"served by {node} group {name} "
@@ -123,7 +115,7 @@ def served_by(beh: BehLab, name: str, node: str, timeout: float = STEP) -> None:
 
 
 def watchdog(
-    beh: BehLab,
+    beh: LabDriver,
     what: str,
     since: int,
     name: str,
@@ -144,7 +136,9 @@ def watchdog(
     return seen
 
 
-def check_history(beh: BehLab, required: set[str], steady: tuple[str, ...]) -> list[dict[str, Any]]:
+def check_history(
+    beh: LabDriver, required: set[str], steady: tuple[str, ...]
+) -> list[dict[str, Any]]:
     """``vigil events --since 30m -o json``: one JSON event per line, each with its type, source,
     per-source seq and timestamp; every type in ``required`` present; the sources that never
     restarted (``steady`` prefixes) numbered in strictly increasing order."""
@@ -227,12 +221,12 @@ def coop_spec(tmp: Path) -> ClusterSpec:
 
 
 @pytest.fixture(scope="class")
-def coop_lab(request: pytest.FixtureRequest) -> Iterator[BehLab]:
+def coop_lab(request: pytest.FixtureRequest) -> Iterator[LabDriver]:
     with behaviour_lab(request, coop_spec) as beh:
         yield beh
 
 
-def endpoint(beh: BehLab, name: str, node: str) -> tuple[str, str, str]:
+def endpoint(beh: LabDriver, name: str, node: str) -> tuple[str, str, str]:
     return (name, node, vip(beh, name))
 
 
@@ -245,7 +239,7 @@ COOP_SERVICES = {
 }
 
 
-def services_at_start(beh: BehLab) -> bool:
+def services_at_start(beh: LabDriver) -> bool:
     return all(
         beh.endpoints(s) == sorted(endpoint(beh, g, n) for g, n in where)
         for s, where in COOP_SERVICES.items()
@@ -253,10 +247,10 @@ def services_at_start(beh: BehLab) -> bool:
 
 
 @pytest.fixture
-def coop(coop_lab: BehLab) -> Iterator[BehLab]:
+def coop(coop_lab: LabDriver) -> Iterator[LabDriver]:
     """The lab as it started, whatever the test before did: every node up, every group normal
     on its preferred node, and no client of an earlier test left running."""
-    settle(coop_lab)
+    coop_lab.settle()
     before = len(coop_lab.observers)
     try:
         yield coop_lab
@@ -267,7 +261,7 @@ def coop(coop_lab: BehLab) -> Iterator[BehLab]:
 
 
 @pytest.fixture
-def services_home(coop: BehLab) -> None:
+def services_home(coop: LabDriver) -> None:
     """...and every service on its preferred groups, for the tests that need it (failback is
     manual for most: halting the database groups together and running them together puts the
     services back)."""
@@ -277,7 +271,7 @@ def services_home(coop: BehLab) -> None:
             return
         except AssertionError:
             # halted together, run together: the database groups start as at the lab's start
-            coop.services_began = settle(coop, cycle=["db1", "db2", "db3"])
+            coop.services_began = coop.settle(cycle=["db1", "db2", "db3"])
     wait_until(
         lambda: services_at_start(coop),
         15,
@@ -287,7 +281,7 @@ def services_home(coop: BehLab) -> None:
     )
 
 
-def sales_to_db3(coop: BehLab) -> None:
+def sales_to_db3(coop: LabDriver) -> None:
     """db1 halted: sales and sales_auto resume on the available db3."""
     coop.vigil("halt", "db1")
     coop.wait_group("db1", None, "halted")
@@ -297,7 +291,7 @@ def sales_to_db3(coop: BehLab) -> None:
 
 class TestCooperativeGroups:
     def test_normal_mode_services_run_on_their_preferred_groups(
-        self, require_netns: None, coop: BehLab, services_home: None
+        self, require_netns: None, coop: LabDriver, services_home: None
     ) -> None:
         view = coop.wait_status(
             lambda v: (
@@ -334,7 +328,7 @@ class TestCooperativeGroups:
         assert ready["endpoint"]["group"] == "db1"
 
     def test_a_late_preferred_group_gets_its_service_in_normal_mode(
-        self, require_netns: None, coop: BehLab, services_home: None
+        self, require_netns: None, coop: LabDriver, services_home: None
     ) -> None:
         """Service ``reports``: preferred [db3], available [db1]. db3 starts 1.5 s later than
         db1 (its before_start sleeps), as a slower node or app would; once every group is normal,
@@ -342,7 +336,7 @@ class TestCooperativeGroups:
         coop.wait_endpoints("reports", [endpoint(coop, "db3", "n3")], timeout=5)
 
     def test_halt_keep_address_is_offline_and_refuses_at_once(
-        self, require_netns: None, coop: BehLab, services_home: None
+        self, require_netns: None, coop: LabDriver, services_home: None
     ) -> None:
         """Modes (3) and services on a halt (4): the app stops, the address stays, clients are
         refused in well under 50 ms, the service resumes on the available group, and the
@@ -406,7 +400,7 @@ class TestCooperativeGroups:
         watchdog(coop, "ready", dog.index, "db1", "n1")
         assert process_group(started.pid) == []
 
-    def test_halt_is_halted_with_nothing_up(self, require_netns: None, coop: BehLab) -> None:
+    def test_halt_is_halted_with_nothing_up(self, require_netns: None, coop: LabDriver) -> None:
         mark = coop.events.mark()
         coop.vigil("halt", "db1")
         g = coop.wait_group("db1", None, "halted")
@@ -421,7 +415,7 @@ class TestCooperativeGroups:
         assert not coop.events.select(AddressAcquired, mark, group="db1")
 
     def test_run_is_normal_again_and_service_failback_manual_vs_auto(
-        self, require_netns: None, coop: BehLab
+        self, require_netns: None, coop: LabDriver
     ) -> None:
         sales_to_db3(coop)
         mark = coop.events.mark()
@@ -447,7 +441,7 @@ class TestCooperativeGroups:
         assert not coop.events.select(ServiceDown, mark, service="sales")
 
     def test_watchdog_on_app_failure_leaves_nothing_of_its_process_group(
-        self, require_netns: None, coop: BehLab
+        self, require_netns: None, coop: LabDriver
     ) -> None:
         """The watchdog (8) of an app killed for good on n1; its FAN events say failure; ready
         comes only once the app may run on n1 again."""
@@ -520,7 +514,7 @@ class TestCooperativeGroups:
         assert reasons and set(reasons) == {"failure"}, reasons
 
     def test_node_loss_address_only_refuses_restart_restarts_client_switches(
-        self, require_netns: None, coop: BehLab, services_home: None
+        self, require_netns: None, coop: LabDriver, services_home: None
     ) -> None:
         """Failover policy (2) on a node loss, and services (4) on a failure."""
         # the client helper runs while db1 is halted and run again: sales (failback manual)
@@ -537,7 +531,7 @@ class TestCooperativeGroups:
 
         mark = coop.events.mark()
         killed = time.time()
-        assert coop.lab.kill("n2")
+        assert coop.kill("n2")
         coop.events.wait(NodeLost, STEP, mark, node="n2")
 
         # address-only: db2's address moves to n3 and is held there, its app is not started
@@ -603,7 +597,7 @@ class TestCooperativeGroups:
             f" timestamp; {(seen['handled'] - killed):.2f} s after the kill",
         )
 
-    def test_event_history(self, require_netns: None, coop: BehLab) -> None:
+    def test_event_history(self, require_netns: None, coop: LabDriver) -> None:
         # what the history must hold, made here: a halt and a run, an app failing, a node lost
         # and back
         coop.vigil("halt", "db1")
@@ -614,10 +608,10 @@ class TestCooperativeGroups:
         _, started = latest(coop.events, AppStarted, group="db3", node="n3")
         assert coop.in_ns("n3", "kill", "-KILL", str(started.pid)).returncode == 0
         coop.events.wait(AppFailed, STEP, mark, group="db3", node="n3")
-        assert coop.lab.kill("n2")
+        assert coop.kill("n2")
         coop.events.wait(NodeLost, STEP, mark, node="n2")
         mark = coop.events.mark()
-        coop.lab.revive("n2")
+        coop.revive("n2")
         coop.events.wait(NodeJoined, STEP, mark, node="n2")
         coop.wait_nodes(n2="up")
         check_history(
@@ -665,16 +659,16 @@ def moves_spec(tmp: Path) -> ClusterSpec:
 
 
 @pytest.fixture(scope="class")
-def moves_lab(request: pytest.FixtureRequest) -> Iterator[BehLab]:
+def moves_lab(request: pytest.FixtureRequest) -> Iterator[LabDriver]:
     with behaviour_lab(request, moves_spec) as beh:
         yield beh
 
 
 @pytest.fixture
-def moves(moves_lab: BehLab) -> Iterator[BehLab]:
+def moves(moves_lab: LabDriver) -> Iterator[LabDriver]:
     """The lab as it started, whatever the test before did: every node up, every group normal
     on its preferred node with switching enabled, no client of an earlier test left running."""
-    settle(moves_lab)
+    moves_lab.settle()
     before = len(moves_lab.observers)
     try:
         yield moves_lab
@@ -684,29 +678,29 @@ def moves(moves_lab: BehLab) -> Iterator[BehLab]:
         del moves_lab.observers[before:]
 
 
-def lose_n3_last_on_n4(moves: BehLab) -> None:
+def lose_n3_last_on_n4(moves: LabDriver) -> None:
     """n3 killed: ``last`` [n3, n4] fails over to n4, the last node of its list."""
     mark = moves.events.mark()
-    assert moves.lab.kill("n3")
+    assert moves.kill("n3")
     moves.events.wait(NodeLost, STEP, mark, node="n3")
     moves.wait_group("last", "n4", "failover", switching="disabled")
 
 
-def revive(moves: BehLab, node: str) -> None:
+def revive(moves: LabDriver, node: str) -> None:
     mark = moves.events.mark()
-    moves.lab.revive(node)
+    moves.revive(node)
     moves.events.wait(NodeJoined, STEP, mark, node=node)
     moves.wait_nodes(**{node: "up"})
 
 
-def alert_lines(beh: BehLab) -> list[str]:
+def alert_lines(beh: LabDriver) -> list[str]:
     path = beh.tmp / "alerts.log"
     return path.read_text().splitlines() if path.exists() else []
 
 
 class TestMoves:
     def test_switchover_moves_address_first_never_two_and_measures_the_gap(
-        self, require_netns: None, moves: BehLab
+        self, require_netns: None, moves: LabDriver
     ) -> None:
         moves.wait_status(
             lambda v: all(g["mode"] == "normal" for g in v["groups"]), STEP, "all normal"
@@ -767,7 +761,7 @@ class TestMoves:
         assert gap < 5.0
 
     def test_sequenced_list_after_the_lost_node_skipping_lost_wrapping(
-        self, require_netns: None, moves: BehLab
+        self, require_netns: None, moves: LabDriver
     ) -> None:
         for name in ("seq", "wrap"):
             moves.vigil("switchover", name, "--to", "n3")
@@ -775,7 +769,7 @@ class TestMoves:
             moves.wait_group(name, "n3", "failover")
         # n1 lost first: fba and fbm go to the next node after n1 in their list
         mark = moves.events.mark()
-        assert moves.lab.kill("n1")
+        assert moves.kill("n1")
         moves.events.wait(NodeLost, STEP, mark, node="n1")
         for name in ("fba", "fbm"):
             moves.wait_group(name, "n2", "failover", switching="enabled")
@@ -783,7 +777,7 @@ class TestMoves:
         # then n3: seq [n2, n3, n1, n4] -> n4 (after n3, n1 is lost: skipped; not the front n2)
         #          wrap [n2, n4, n3] -> n2 (n3 is the end of its list: wraps to the front)
         mark = moves.events.mark()
-        assert moves.lab.kill("n3")
+        assert moves.kill("n3")
         moves.events.wait(NodeLost, STEP, mark, node="n3")
         moves.wait_group("seq", "n4", "failover", switching="enabled")
         moves.wait_group("wrap", "n2", "normal", switching="enabled")
@@ -795,11 +789,11 @@ class TestMoves:
         served_by(moves, "wrap", "n2")
 
     def test_last_possible_node_disables_switching_and_alerts_once(
-        self, require_netns: None, moves: BehLab
+        self, require_netns: None, moves: LabDriver
     ) -> None:
         mark = moves.events.mark()
         alerts = len(alert_lines(moves))
-        assert moves.lab.kill("n3")
+        assert moves.kill("n3")
         moves.events.wait(NodeLost, STEP, mark, node="n3")
         # last [n3, n4] lost n3: n4 is the last eligible node of its list
         moves.wait_group("last", "n4", "failover", switching="disabled")
@@ -822,18 +816,18 @@ class TestMoves:
         assert len(moves.events.select(SwitchingDisabled, mark)) == 1
 
     def test_failback_auto_after_the_delay_manual_stays(
-        self, require_netns: None, moves: BehLab
+        self, require_netns: None, moves: LabDriver
     ) -> None:
         # n1 lost: fba and fbm fail over to n2
         mark = moves.events.mark()
-        assert moves.lab.kill("n1")
+        assert moves.kill("n1")
         moves.events.wait(NodeLost, STEP, mark, node="n1")
         for name in ("fba", "fbm"):
             moves.wait_group(name, "n2", "failover", switching="enabled")
 
         fbm = moves.group("fbm")
         mark = moves.events.mark()
-        moves.lab.revive("n1")
+        moves.revive("n1")
         joined, _ = moves.events.wait(NodeJoined, STEP, mark, node="n1")
         back, b = moves.events.wait(
             PlacementDecided, STEP, joined.index, group="fba", where=lambda e: e.node is None
@@ -855,7 +849,7 @@ class TestMoves:
         assert not moves.events.select(PlacementDecided, mark, group="fbm")
 
     def test_last_node_lost_stays_halted_no_ping_pong_until_enabled(
-        self, require_netns: None, moves: BehLab
+        self, require_netns: None, moves: LabDriver
     ) -> None:
         # last ran out of nodes on n4 (switching disabled), seq was moved to n4, then n3 came back
         began = moves.events.mark()
@@ -870,7 +864,7 @@ class TestMoves:
         moves.stays("last", "n4", g["epoch"], 1.5)
 
         mark = moves.events.mark()
-        assert moves.lab.kill("n4")
+        assert moves.kill("n4")
         moves.events.wait(NodeLost, STEP, mark, node="n4")
         g = moves.wait_group("last", None, "halted", switching="disabled")
         _, d = moves.events.wait(PlacementDecided, STEP, mark, group="last")
@@ -881,7 +875,7 @@ class TestMoves:
 
         # every node back: nothing moves (no ping-pong)
         mark = moves.events.mark()
-        moves.lab.revive("n4")
+        moves.revive("n4")
         moves.events.wait(NodeJoined, STEP, mark, node="n4")
         moves.wait_nodes(n4="up")
         moves.stays("last", None, g["epoch"], 3.0)
@@ -897,7 +891,7 @@ class TestMoves:
         assert alert_lines(moves)[alerts:] == ["switching_disabled last n4"]
 
     def test_events_history_and_nats_url_for_any_client(
-        self, require_netns: None, moves: BehLab
+        self, require_netns: None, moves: LabDriver
     ) -> None:
         # what the history must hold, made here: a switchover (fbm to n2), a node lost and back
         # with a group out of nodes (last: switching disabled, an alert)
@@ -906,9 +900,7 @@ class TestMoves:
         lose_n3_last_on_n4(moves)
         revive(moves, "n3")
 
-        proc = run([VIGIL, "lab", "--prefix", moves.prefix.name, "info", "-o", "json"])
-        assert proc.returncode == 0, proc.stderr
-        info = json.loads(proc.stdout)
+        info = moves.info()
         url = info["nats_url"]
         assert url == moves.url and url.startswith("nats://127.0.0.1:"), info
         # the lab is secure: info hands out the reader's seed file and the CA
@@ -924,7 +916,7 @@ class TestMoves:
                 # VIGIL_LAB: the command finds the lab's operator credentials by itself
                 cli = await asyncio.create_subprocess_exec(
                     VIGIL, "switchover", "fbm", "--to", "n1", "--nats", url,
-                    env={**os.environ, "VIGIL_LAB": moves.prefix.name},
+                    env={**os.environ, "VIGIL_LAB": moves.name},
                 )  # fmt: skip
                 assert await cli.wait() == 0
                 deadline = time.monotonic() + STEP

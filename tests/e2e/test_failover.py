@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import LabRun, Tools
+    from conftest import Tools
+
+    from vigil.testing.lab import LabDriver
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -58,7 +60,7 @@ def lost(view: dict[str, Any], *nodes: str) -> bool:
     return all(node_state(view, n) == "lost" for n in nodes)
 
 
-def watch_placement(lab: LabRun, seconds: float, name: str, node: str, epoch: int) -> None:
+def watch_placement(lab: LabDriver, seconds: float, name: str, node: str, epoch: int) -> None:
     """Sample ``vigil status`` for ``seconds`` (at least twice): group ``name`` must stay on
     ``node`` at ``epoch`` (no new placement decision) in every sample."""
     samples = 0
@@ -87,8 +89,8 @@ def app_pids(ns: str, needle: str = "vigil.lab.demo_app") -> list[int]:
 # (the state it needs is that state), so the steps run in order inside one test, and the test
 # runs alone. ``story`` carries what a step hands to the next (a probe, an epoch).
 def tell(
-    steps: list[Callable[[LabRun, dict[str, Any], type[Tools]], None]],
-    lab: LabRun,
+    steps: list[Callable[[LabDriver, dict[str, Any], type[Tools]], None]],
+    lab: LabDriver,
     tools: type[Tools],
 ) -> None:
     story: dict[str, Any] = {}
@@ -100,7 +102,7 @@ def tell(
 class TestNodeLoss:
     @staticmethod
     def client_is_served_by_n1_through_the_vip(
-        lab: LabRun, story: dict[str, Any], tools: type[Tools]
+        lab: LabDriver, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         view = lab.wait_status(
             lambda v: (
@@ -125,11 +127,11 @@ class TestNodeLoss:
 
     @staticmethod
     def kill_n1_client_served_by_n2_through_the_same_vip(
-        lab: LabRun, story: dict[str, Any], tools: type[Tools]
+        lab: LabDriver, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         probe = story["probe"]
         killed_at, killed_mono = time.time(), time.monotonic()
-        assert lab.lab.kill("n1"), "kill found no process in n1"
+        assert lab.kill("n1"), "kill found no process in n1"
         answer = tools.wait_until(
             lambda: probe.served_by("n2", killed_at),
             FAILOVER_DEADLINE,
@@ -148,7 +150,7 @@ class TestNodeLoss:
 
     @staticmethod
     def status_shows_n1_lost_and_web1_failed_over_to_n2(
-        lab: LabRun, story: dict[str, Any], tools: type[Tools]
+        lab: LabDriver, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         view = lab.wait_status(
             lambda v: lost(v, "n1") and up(v, "n2", "n3") and on(v, "web1", "n2", "failover"),
@@ -161,15 +163,14 @@ class TestNodeLoss:
 
     @staticmethod
     def revived_n1_comes_back_up_web1_stays_on_n2_stale_vip_removed(
-        lab: LabRun, story: dict[str, Any], tools: type[Tools]
+        lab: LabDriver, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         probe = story["probe"]
         n1_mac = tools.mac(lab.ns("n1"))
         assert VIP1 in tools.addresses(lab.ns("n1")), "precondition: the dead n1 still has the VIP"
         arp = lab.arp_watch(VIP1)
         revived_at, revived_mono = time.time(), time.monotonic()
-        lab.lab.revive("n1")
-        lab.prefix.note_pids()
+        lab.revive("n1")
 
         lab.wait_status(lambda v: up(v, *NODES), SETTLE_DEADLINE, "the revived n1 to be up")
         up_at = time.monotonic()
@@ -194,11 +195,11 @@ class TestNodeLoss:
 
     @staticmethod
     def kill_n2_moves_web1_and_web2_to_n3(
-        lab: LabRun, story: dict[str, Any], tools: type[Tools]
+        lab: LabDriver, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         probe = story["probe"]
         killed_at, killed_mono = time.time(), time.monotonic()
-        assert lab.lab.kill("n2"), "kill found no process in n2"
+        assert lab.kill("n2"), "kill found no process in n2"
         answer = tools.wait_until(
             lambda: probe.served_by("n3", killed_at),
             FAILOVER_DEADLINE,
@@ -228,7 +229,7 @@ class TestNodeLoss:
         )
         assert "Directory listing" in body
 
-    def test_hard_node_loss(self, require_netns: None, lab: LabRun, tools: type[Tools]) -> None:
+    def test_hard_node_loss(self, require_netns: None, lab: LabDriver, tools: type[Tools]) -> None:
         """n1 killed: the client is served by n2 through the same VIP; n1 revived stays out of
         web1's way (its stale VIP removed); n2 killed: web1 and web2 move to n3."""
         tell(
@@ -248,7 +249,7 @@ class TestNodeLoss:
 class TestFrozenAgent:
     @staticmethod
     def frozen_n1_stops_answering_within_its_lease(
-        lab: LabRun, story: dict[str, Any], tools: type[Tools]
+        lab: LabDriver, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         macs = {n: tools.mac(lab.ns(n)) for n in NODES}
         story["macs"] = macs
@@ -285,7 +286,7 @@ class TestFrozenAgent:
 
     @staticmethod
     def web1_moves_to_n2_and_never_two_nodes_answer_arp(
-        lab: LabRun, story: dict[str, Any], tools: type[Tools]
+        lab: LabDriver, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         probe, arp, macs = story["probe"], story["arp"], story["macs"]
         answer = tools.wait_until(
@@ -326,7 +327,7 @@ class TestFrozenAgent:
 
     @staticmethod
     def thawed_n1_drops_the_vip_and_web1_stays_on_n2(
-        lab: LabRun, story: dict[str, Any], tools: type[Tools]
+        lab: LabDriver, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         monitor = lab.nft_monitor("n1")
         story["monitor"] = monitor
@@ -361,7 +362,7 @@ class TestFrozenAgent:
 
     @staticmethod
     def thawed_n1_never_answers_for_web1_again(
-        lab: LabRun, story: dict[str, Any], tools: type[Tools]
+        lab: LabDriver, story: dict[str, Any], tools: type[Tools]
     ) -> None:
         macs = story["macs"]
         # every fence renewal n1 made after the thaw, for web1's VIP (n2's by now)
@@ -380,7 +381,7 @@ class TestFrozenAgent:
             problems.append(f"n1 served the client {served.t - story['thawed_at']:.3f}s after thaw")
         assert not problems, "the thawed n1 answered for web1 again: " + "; ".join(problems)
 
-    def test_frozen_agent(self, require_netns: None, lab: LabRun, tools: type[Tools]) -> None:
+    def test_frozen_agent(self, require_netns: None, lab: LabDriver, tools: type[Tools]) -> None:
         """n1 frozen (SIGSTOP): it stops answering within its lease, web1 moves to n2 and never
         do two nodes answer ARP; thawed, n1 drops the VIP and never answers for web1 again."""
         tell(

@@ -34,31 +34,23 @@ from vigil.lab.lab import LabState, lab_dir
 from vigil.lab.netns import namespaces, pids_in
 from vigil.lab.specs import generated_data
 from vigil.secure.permissions import buckets
-from vigil.testing.labs import lab_credentials, lab_creds_args
+from vigil.testing.lab import LabDriver, lab_credentials
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from conftest import Prefix, Tools
+    from conftest import Tools
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
 CLIENT_IP = "10.213.0.250"
 
 
-def lab_url(prefix: Prefix) -> str:
-    state = LabState.load(prefix.name)
-    assert state is not None, f"no lab {prefix.name} is up"
-    return state.host_url
-
-
-async def connect_as(prefix: Prefix, role: str, url: str, **kw: Any) -> nats.NATS:
+async def connect_as(prefix: LabDriver, role: str, url: str, **kw: Any) -> nats.NATS:
     """A plain NATS client holding the lab's credentials for ``role``."""
     options = lab_credentials(prefix.name, role).options([url])
     return await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0, **options, **kw)
 
 
-async def kv_consumers(prefix: Prefix, url: str) -> dict[str, int]:
+async def kv_consumers(prefix: LabDriver, url: str) -> dict[str, int]:
     """How many consumers each key-value bucket's stream has on the server."""
     nc = await connect_as(prefix, "reader", url)
     try:
@@ -67,10 +59,6 @@ async def kv_consumers(prefix: Prefix, url: str) -> dict[str, int]:
         return {n: (await js.stream_info(n)).state.consumer_count for n in streams}
     finally:
         await nc.close()
-
-
-def lab_cli(tools: type[Tools], prefix: str, *args: str) -> Any:
-    return tools.run([tools.VIGIL, "lab", "--prefix", prefix, *args], timeout=90)
 
 
 class Refusals:
@@ -102,7 +90,7 @@ async def assert_absent(nc: nats.NATS, key: str) -> None:
             pytest.fail(f"{bucket} holds {key}")
 
 
-def operator_cli(prefix: Prefix, *args: str) -> Any:
+def operator_cli(prefix: LabDriver, *args: str) -> Any:
     """``vigil ARGS`` with no URL nor credentials: VIGIL_LAB names the lab, whose door and
     operator credentials the command finds by itself."""
     env = {**os.environ, "VIGIL_LAB": prefix.name}
@@ -115,22 +103,20 @@ def operator_cli(prefix: Prefix, *args: str) -> Any:
 
 
 @pytest.fixture(scope="class")
-def cli_lab(lab_prefix: Prefix, tools: type[Tools]) -> Iterator[Prefix]:
-    """A two-node lab brought up with the command line (torn down and checked by lab_prefix);
+def cli_lab(lab_driver: LabDriver) -> LabDriver:
+    """A two-node lab brought up with the command line (torn down and checked by lab_driver);
     one NATS server: the consumer-limit step below would build a thousand R3 consumers on
     three (test_lab_topology.py covers the three-server lab)."""
-    proc = lab_cli(tools, lab_prefix.name, "up", "--nodes", "2", "--nats-servers", "1")
-    lab_prefix.note_pids()
-    assert proc.returncode == 0, f"vigil lab up failed: {proc.stderr.strip()}"
-    assert f"lab {lab_prefix.name} is up: 2 nodes" in proc.stdout
-    yield lab_prefix
+    proc = lab_driver.up_cli("--nodes", "2", "--nats-servers", "1", timeout=90)
+    assert f"lab {lab_driver.name} is up: 2 nodes" in proc.stdout
+    return lab_driver
 
 
 class TestLabCli:
     def test_exec_runs_in_the_client_namespace(
-        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+        self, require_netns: None, cli_lab: LabDriver, tools: type[Tools]
     ) -> None:
-        proc = lab_cli(tools, cli_lab.name, "exec", "client", "--", "ip", "-br", "addr")
+        proc = cli_lab.lab_cli("exec", "client", "--", "ip", "-br", "addr", check=False)
         assert proc.returncode == 0, proc.stderr
         links = {
             line.split()[0].split("@")[0]: line.split()[2:] for line in proc.stdout.splitlines()
@@ -141,32 +127,23 @@ class TestLabCli:
         assert sorted(v4) == sorted(["127.0.0.1/8", f"{CLIENT_IP}/24"]), proc.stdout
 
         # and it is that namespace, not merely one that looks like it
-        proc = lab_cli(
-            tools,
-            cli_lab.name,
-            "exec",
-            "client",
-            "--",
-            "stat",
-            "-L",
-            "-c",
-            "%i",
-            "/proc/self/ns/net",
+        proc = cli_lab.lab_cli(
+            "exec", "client", "--", "stat", "-L", "-c", "%i", "/proc/self/ns/net", check=False
         )
         assert proc.returncode == 0, proc.stderr
         assert int(proc.stdout) == os.stat(f"/run/netns/{cli_lab.ns('client')}").st_ino
 
         # a node's namespace, the exit code of the command, and an unknown name
-        proc = lab_cli(tools, cli_lab.name, "exec", "n1", "--", "ip", "-br", "addr", "show", "eth0")
+        proc = cli_lab.lab_cli("exec", "n1", "--", "ip", "-br", "addr", "show", "eth0", check=False)
         assert proc.returncode == 0 and "10.213.0.11/24" in proc.stdout, proc
-        assert lab_cli(tools, cli_lab.name, "exec", "client", "--", "false").returncode == 1
-        proc = lab_cli(tools, cli_lab.name, "exec", "nosuch", "--", "true")
+        assert cli_lab.lab_cli("exec", "client", "--", "false", check=False).returncode == 1
+        proc = cli_lab.lab_cli("exec", "nosuch", "--", "true", check=False)
         assert proc.returncode == 2 and "unknown node" in proc.stderr
 
     async def test_info_json_gives_a_nats_url_the_host_can_use(
-        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+        self, require_netns: None, cli_lab: LabDriver, tools: type[Tools]
     ) -> None:
-        proc = lab_cli(tools, cli_lab.name, "info", "-o", "json")
+        proc = cli_lab.lab_cli("info", "-o", "json", check=False)
         assert proc.returncode == 0, proc.stderr
         info = json.loads(proc.stdout)
         assert info["prefix"] == cli_lab.name
@@ -180,10 +157,10 @@ class TestLabCli:
             assert tools.alive(info["processes"][role]["pid"]), (role, info["processes"])
 
         # a process or node that does not exist: one line naming what does
-        proc = lab_cli(tools, cli_lab.name, "kill", "membership-9")
+        proc = cli_lab.lab_cli("kill", "membership-9", check=False)
         assert proc.returncode == 1 and "unknown process 'membership-9'" in proc.stderr
         assert len(proc.stderr.splitlines()) == 1, proc.stderr
-        proc = lab_cli(tools, cli_lab.name, "freeze", "n9")
+        proc = cli_lab.lab_cli("freeze", "n9", check=False)
         assert proc.returncode == 1 and "unknown node 'n9'" in proc.stderr
 
         # the lab is secure: info hands out the CA and every role's seed file, 0600
@@ -213,13 +190,12 @@ class TestLabCli:
             await nc.close()
 
     async def test_vigil_status_leaves_no_consumers_behind(
-        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+        self, require_netns: None, cli_lab: LabDriver, tools: type[Tools]
     ) -> None:
-        url = lab_url(cli_lab)
+        url = cli_lab.url
         baseline = await kv_consumers(cli_lab, url)
-        creds = lab_creds_args(cli_lab.name, "reader")
         for _ in range(3):
-            proc = tools.run([tools.VIGIL, "status", "-o", "json", "--nats", url, *creds])
+            proc = cli_lab.vigil("status", "-o", "json", role="reader", check=False)
             assert proc.returncode == 0, proc.stderr
         # the CLI has exited: whatever it created on the server should go with it
         deadline = time.monotonic() + 5
@@ -230,14 +206,14 @@ class TestLabCli:
             await asyncio.sleep(0.2)
 
     async def test_vigil_status_never_prints_a_made_up_view(
-        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+        self, require_netns: None, cli_lab: LabDriver, tools: type[Tools]
     ) -> None:
         """Fill the placement stream up to the server's consumer limit (what ~1000 status reads
         in 5 minutes used to do, when listing keys left a consumer behind each time), then ask
         ``vigil status``: it must fail with a one-line reason, or tell the truth (web1 on n1);
         never exit 0 with a cluster where nothing runs (it used to print every group halted at
         epoch 0, because any failure to list a bucket read as "empty")."""
-        url = lab_url(cli_lab)
+        url = cli_lab.url
         nc = await connect_as(cli_lab, "operator", url)
         js = nc.jetstream()
         stream = f"KV_{Subjects().bucket_placement}"
@@ -254,8 +230,7 @@ class TestLabCli:
                 filled.append(name)
             else:
                 pytest.fail("the server never refused a consumer")
-            creds = lab_creds_args(cli_lab.name, "reader")
-            proc = tools.run([tools.VIGIL, "status", "-o", "json", "--nats", url, *creds])
+            proc = cli_lab.vigil("status", "-o", "json", role="reader", check=False)
         finally:
             for name in filled:
                 with contextlib.suppress(Exception):
@@ -270,9 +245,9 @@ class TestLabCli:
         )
 
     async def test_anonymous_clients_are_refused(
-        self, require_netns: None, cli_lab: Prefix
+        self, require_netns: None, cli_lab: LabDriver
     ) -> None:
-        url = lab_url(cli_lab)
+        url = cli_lab.url
         ca = lab_credentials(cli_lab.name, "reader").tls_ca
         for creds in (Credentials(), Credentials(tls_ca=ca)):  # plaintext, then TLS, no user
             with pytest.raises(BusError) as refused:
@@ -280,10 +255,10 @@ class TestLabCli:
             assert "TLS" in str(refused.value) or "authorization" in str(refused.value), refused
 
     async def test_the_reader_watches_and_writes_nothing(
-        self, require_netns: None, cli_lab: Prefix
+        self, require_netns: None, cli_lab: LabDriver
     ) -> None:
         s = Subjects()
-        url = lab_url(cli_lab)
+        url = cli_lab.url
         refusals = Refusals()
         nc = await connect_as(cli_lab, "reader", url, error_cb=refusals.note)
         try:
@@ -304,10 +279,10 @@ class TestLabCli:
             await nc.close()
 
     async def test_a_node_speaks_only_for_itself(
-        self, require_netns: None, cli_lab: Prefix
+        self, require_netns: None, cli_lab: LabDriver
     ) -> None:
         s = Subjects()
-        url = lab_url(cli_lab)
+        url = cli_lab.url
         refusals = Refusals()
         nc = await connect_as(cli_lab, "node-n1", url, error_cb=refusals.note)
         try:
@@ -326,7 +301,7 @@ class TestLabCli:
             await nc.close()
 
     def test_operator_commands_use_the_labs_credentials(
-        self, require_netns: None, cli_lab: Prefix, tmp_path: Path
+        self, require_netns: None, cli_lab: LabDriver, tmp_path: Path
     ) -> None:
         proc = operator_cli(cli_lab, "status", "-o", "json")
         assert proc.returncode == 0, proc.stderr
@@ -350,14 +325,14 @@ class TestLabCli:
             time.sleep(0.2)
 
     def test_down_cleans_up_after_a_crashed_lab(
-        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+        self, require_netns: None, cli_lab: LabDriver, tools: type[Tools]
     ) -> None:
         state_file = lab_dir(cli_lab.name) / "lab.json"
         state = LabState.load(cli_lab.name)
         assert state is not None and state_file.exists()
         recorded = [p.pid for p in state.procs]
-        cli_lab.note_pids()
-        before = set(cli_lab.namespaces())
+        cli_lab.prefix.note_pids()
+        before = set(cli_lab.prefix.namespaces())
         assert len(before) == 4, before
         # the crash: every recorded process dies at once, and the state file is gone
         for pid in recorded:
@@ -370,24 +345,24 @@ class TestLabCli:
         left = [pid for ns in before for pid in pids_in(ns)]
         assert left, "the apps should have outlived their supervisors (they are the leftovers)"
 
-        proc = lab_cli(tools, cli_lab.name, "down")
+        proc = cli_lab.lab_cli("down", check=False)
         assert proc.returncode == 0, proc.stderr
         assert f"lab {cli_lab.name} is down (4 namespaces removed)" in proc.stdout
         assert not [n for n in namespaces() if n.startswith(f"{cli_lab.name}-")]
         assert not [p for p in left if tools.alive(p)], "down left processes of the lab alive"
 
     def test_down_is_idempotent(
-        self, require_netns: None, cli_lab: Prefix, tools: type[Tools]
+        self, require_netns: None, cli_lab: LabDriver, tools: type[Tools]
     ) -> None:
-        proc = lab_cli(tools, cli_lab.name, "down")  # the lab, if a test before left it up
+        proc = cli_lab.lab_cli("down", check=False)  # the lab, if a test before left it up
         assert proc.returncode == 0, proc.stderr
         for _ in range(2):
-            proc = lab_cli(tools, cli_lab.name, "down")
+            proc = cli_lab.lab_cli("down", check=False)
             assert proc.returncode == 0, proc.stderr
             assert f"lab {cli_lab.name} is down (0 namespaces removed)" in proc.stdout
         # and for a prefix that never had a lab
         never = f"ve2e{secrets.token_hex(3)}"
-        proc = lab_cli(tools, never, "down")
+        proc = tools.run([tools.VIGIL, "lab", "--prefix", never, "down"], timeout=90)
         assert proc.returncode == 0, proc.stderr
         assert not [n for n in namespaces() if n.startswith(f"{never}-")]
 

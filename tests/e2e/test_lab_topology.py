@@ -14,14 +14,13 @@ membership and two placement replicas, every process under a keeper. The steps, 
 
 The wire is seen from the client namespace: ARP for the node's own address, and a TCP connect
 to a closed port of it (an immediate refusal while the kernel is reachable, silence otherwise).
-Teardown (``lab_prefix``) proves ``vigil lab down`` leaves no namespace and no process, keepers
+Teardown (``lab_driver``) proves ``vigil lab down`` leaves no namespace and no process, keepers
 included.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from pathlib import Path
@@ -29,50 +28,22 @@ from typing import TYPE_CHECKING, Any
 
 import nats
 import pytest
-from helpers import VIGIL, Probe, alive, in_netns, report, run, wait_until
+from helpers import alive, in_netns, report, wait_until
 from nats.js.api import StreamInfo
 
 from vigil.core.subjects import Subjects
 from vigil.lab.netns import pids_in
 from vigil.secure.permissions import buckets
-from vigil.testing.labs import lab_credentials, lab_creds_args
+from vigil.testing.lab import LabDriver, group_of, lab_credentials, node_state
 from vigil.testing.netns import mac
 from vigil.testing.observers import ArpWatch
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from conftest import Prefix
-
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 N3_IP = "10.213.0.13"  # node n3's own address (third node)
-
-
-def lab(prefix: str, *args: str, timeout: float = 90) -> Any:
-    proc = run([VIGIL, "lab", "--prefix", prefix, *args], timeout=timeout)
-    assert proc.returncode == 0, f"vigil lab {' '.join(args)}: {proc.stderr.strip()}"
-    return proc
-
-
-def info(prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(lab(prefix, "info", "-o", "json").stdout)
-    return out
-
-
-def status(prefix: str) -> dict[str, Any]:
-    """``vigil status -o json`` through every door (any one server may be down)."""
-    urls = ",".join(info(prefix)["nats_urls"])
-    proc = run([VIGIL, "status", "-o", "json", "--nats", urls, *lab_creds_args(prefix, "reader")])
-    return json.loads(proc.stdout) if proc.returncode == 0 else {}
-
-
-def node_state(view: dict[str, Any], node: str) -> str | None:
-    return next((n["state"] for n in view.get("nodes", []) if n["name"] == node), None)
-
-
-def group(view: dict[str, Any], name: str) -> dict[str, Any]:
-    return next((g for g in view.get("groups", []) if g["name"] == name), {})
 
 
 def stopped(pid: int) -> bool:
@@ -139,11 +110,11 @@ async def stream_leaders(prefix: str, urls: list[str]) -> dict[str, str]:
 CRITICAL = ("KV_vigil_nodes", "KV_vigil_placement", "KV_vigil_observed")
 
 
-def a_server_leading(prefix: str, critical: bool) -> str:
+def a_server_leading(topo: LabDriver, critical: bool) -> str:
     """A NATS server that leads the node records' stream (``critical``), or, else, one that
     leads as few of the compare-and-set buckets as possible (today killing the leader of
     ``KV_vigil_nodes`` stops failovers: see ``test_..._the_nodes_bucket_leader_down``)."""
-    leaders = asyncio.run(stream_leaders(prefix, info(prefix)["nats_urls"]))
+    leaders = asyncio.run(stream_leaders(topo.name, topo.info()["nats_urls"]))
     if critical:
         return leaders["KV_vigil_nodes"]
     servers = ["nats-1", "nats-2", "nats-3"]
@@ -159,21 +130,19 @@ async def stream_copies(prefix: str, urls: list[str]) -> dict[str, int]:
 
 
 @pytest.fixture(scope="class")
-def topo_lab(lab_prefix: Prefix) -> Iterator[Prefix]:
-    proc = run([VIGIL, "lab", "--prefix", lab_prefix.name, "up"], timeout=120)
-    lab_prefix.note_pids()
-    assert proc.returncode == 0, f"vigil lab up failed: {proc.stderr.strip()}"
+def topo_lab(lab_driver: LabDriver) -> Iterator[LabDriver]:
+    proc = lab_driver.up_cli()
     assert "3 NATS server(s)" in proc.stdout, proc.stdout
-    yield lab_prefix
-    lab_prefix.note_pids()
+    yield lab_driver
+    lab_driver.prefix.note_pids()
 
 
 @pytest.mark.incremental
 class TestProductionTopology:
     def test_three_nats_servers_two_and_two_replicas_r3(
-        self, require_netns: None, topo_lab: Prefix
+        self, require_netns: None, topo_lab: LabDriver
     ) -> None:
-        now = info(topo_lab.name)
+        now = topo_lab.info()
         assert sorted(now["nats"]) == ["nats-1", "nats-2", "nats-3"]
         roles = ["membership-1", "membership-2", "placement-1", "placement-2"]
         for name in [*now["nats"], *roles, "n1-address", "n1-supervisor"]:
@@ -186,18 +155,18 @@ class TestProductionTopology:
         assert {"KV_vigil_nodes", "KV_vigil_placement", "VIGIL_EVENTS"} <= set(copies), copies
 
     def test_node_loss_fails_over_with_a_nats_server_and_a_membership_replica_down(
-        self, require_netns: None, topo_lab: Prefix
+        self, require_netns: None, topo_lab: LabDriver
     ) -> None:
-        probe = Probe(topo_lab.ns("client"), "10.213.0.101:8080")
+        probe = topo_lab.probe("10.213.0.101:8080")
         try:
             wait_until(lambda: probe.served_by("n1", 0), 20, "web1 served by n1")
-            server = a_server_leading(topo_lab.name, critical=False)
-            lab(topo_lab.name, "kill", "--no-restart", server)
-            before = info(topo_lab.name)["processes"]["membership-1"]
-            lab(topo_lab.name, "kill", "membership-1")
+            server = a_server_leading(topo_lab, critical=False)
+            topo_lab.lab_cli("kill", "--no-restart", server)
+            before = topo_lab.info()["processes"]["membership-1"]
+            topo_lab.lab_cli("kill", "membership-1")
             assert not alive(before["pid"])
             t0 = time.time()
-            lab(topo_lab.name, "kill", "n1")
+            topo_lab.lab_cli("kill", "n1")
             # Generous: a killed server that led a bucket's stream stalls its writes until
             # JetStream elects a new leader (seconds; docs/reliability.md has the numbers).
             served = wait_until(
@@ -208,72 +177,72 @@ class TestProductionTopology:
             probe.stop()
 
         def restarted() -> dict[str, Any] | None:
-            now = info(topo_lab.name)["processes"]["membership-1"]
+            now = topo_lab.info()["processes"]["membership-1"]
             ok = isinstance(now["pid"], int) and now["pid"] != before["pid"] and alive(now["pid"])
             return now if ok else None
 
         now = wait_until(restarted, 10, "membership-1 restarted by its keeper", interval=0.2)
         assert now["restarts"] >= 1 and now["keeper"] == before["keeper"]
-        held = info(topo_lab.name)["nats"][server]
+        held = topo_lab.info()["nats"][server]
         assert held["pid"] is None and held["held"] is True, held
-        lab(topo_lab.name, "start", server)
-        again = info(topo_lab.name)["nats"][server]
+        topo_lab.lab_cli("start", server)
+        again = topo_lab.info()["nats"][server]
         assert alive(again["pid"]) and again["held"] is False, again
         view = wait_until(
-            lambda: (v := status(topo_lab.name)) and node_state(v, "n1") == "lost" and v,
+            lambda: (v := topo_lab.status_any_door()) and node_state(v, "n1") == "lost" and v,
             10,
             "status: n1 lost",
             interval=0.2,
         )
-        assert group(view, "web1")["node"] == "n2", view
-        lab(topo_lab.name, "revive", "n1")
+        assert group_of(view, "web1")["node"] == "n2", view
+        topo_lab.lab_cli("revive", "n1")
         wait_until(
-            lambda: node_state(status(topo_lab.name), "n1") == "up",
+            lambda: node_state(topo_lab.status_any_door(), "n1") == "up",
             30,
             "n1 up again",
             interval=0.2,
         )
 
     def test_freeze_stops_every_process_and_the_kernel_still_answers(
-        self, require_netns: None, topo_lab: Prefix
+        self, require_netns: None, topo_lab: LabDriver
     ) -> None:
         client = topo_lab.ns("client")
         assert tcp_answer(client, N3_IP) == "refused"
-        lab(topo_lab.name, "freeze", "n3")
+        topo_lab.lab_cli("freeze", "n3")
         pids = pids_in(topo_lab.ns("n3"))
         assert len(pids) >= 4, pids  # two keepers, the address service, the supervisor
         assert all(stopped(p) for p in pids), [p for p in pids if not stopped(p)]
-        assert info(topo_lab.name)["node_states"]["n3"]["frozen"] is True
+        assert topo_lab.info()["node_states"]["n3"]["frozen"] is True
         # on the wire: its kernel answers, ARP and TCP, with every process stopped
         assert arp_answers(client, topo_lab.ns("n3"), N3_IP)
         assert tcp_answer(client, N3_IP) == "refused"
         wait_until(
-            lambda: node_state(status(topo_lab.name), "n3") == "lost",
+            lambda: node_state(topo_lab.status_any_door(), "n3") == "lost",
             10,
             "membership to declare the frozen n3 lost",
             interval=0.2,
         )
-        lab(topo_lab.name, "thaw", "n3")
+        topo_lab.lab_cli("thaw", "n3")
         assert not [p for p in pids if stopped(p)]
-        assert info(topo_lab.name)["node_states"]["n3"]["frozen"] is False
+        assert topo_lab.info()["node_states"]["n3"]["frozen"] is False
         wait_until(
-            lambda: node_state(status(topo_lab.name), "n3") == "up",
+            lambda: node_state(topo_lab.status_any_door(), "n3") == "up",
             30,
             "n3 up again after thaw",
             interval=0.2,
         )
 
     def test_partition_cuts_the_wire_with_everything_running(
-        self, require_netns: None, topo_lab: Prefix
+        self, require_netns: None, topo_lab: LabDriver
     ) -> None:
         client = topo_lab.ns("client")
         pids = sorted(pids_in(topo_lab.ns("n3")))
-        lab(topo_lab.name, "partition", "n3")
-        assert info(topo_lab.name)["node_states"]["n3"]["partitioned"] is True
+        topo_lab.lab_cli("partition", "n3")
+        assert topo_lab.info()["node_states"]["n3"]["partitioned"] is True
         assert tcp_answer(client, N3_IP) == "silence"
         assert not arp_answers(client, topo_lab.ns("n3"), N3_IP)
         wait_until(
-            lambda: node_state(status(topo_lab.name), "n3") == "lost",
+            lambda: node_state(topo_lab.status_any_door(), "n3") == "lost",
             10,
             "membership to declare the partitioned n3 lost",
             interval=0.2,
@@ -282,29 +251,29 @@ class TestProductionTopology:
         still = sorted(pids_in(topo_lab.ns("n3")))
         assert set(pids) <= set(still), (pids, still)
         assert not [p for p in still if stopped(p)]
-        lab(topo_lab.name, "heal", "n3")
-        assert info(topo_lab.name)["node_states"]["n3"]["partitioned"] is False
+        topo_lab.lab_cli("heal", "n3")
+        assert topo_lab.info()["node_states"]["n3"]["partitioned"] is False
         wait_until(lambda: tcp_answer(client, N3_IP) == "refused", 5, "n3 reachable after heal")
         wait_until(
-            lambda: node_state(status(topo_lab.name), "n3") == "up",
+            lambda: node_state(topo_lab.status_any_door(), "n3") == "up",
             30,
             "n3 up again after heal",
             interval=0.2,
         )
 
     def test_node_loss_fails_over_with_the_nodes_bucket_leader_down(
-        self, require_netns: None, topo_lab: Prefix
+        self, require_netns: None, topo_lab: LabDriver
     ) -> None:
         """The last step: it may leave the cluster broken (a dead node never declared lost)."""
-        view = status(topo_lab.name)
-        victim = group(view, "web1")["node"]
+        view = topo_lab.status_any_door()
+        victim = group_of(view, "web1")["node"]
         survivor = next(n for n in ("n1", "n2", "n3") if n != victim and n != "n1")
-        probe = Probe(topo_lab.ns("client"), "10.213.0.101:8080")
+        probe = topo_lab.probe("10.213.0.101:8080")
         try:
             wait_until(lambda: probe.served_by(victim, 0), 20, f"web1 served by {victim}")
-            lab(topo_lab.name, "kill", "--no-restart", a_server_leading(topo_lab.name, True))
+            topo_lab.lab_cli("kill", "--no-restart", a_server_leading(topo_lab, True))
             t0 = time.time()
-            lab(topo_lab.name, "kill", victim)
+            topo_lab.lab_cli("kill", victim)
             served = wait_until(
                 lambda: probe.served_by(survivor, t0), 30, f"web1 served by {survivor}"
             )

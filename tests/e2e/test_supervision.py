@@ -35,30 +35,21 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import latest, settle
 
-from vigil.core.clusterconfig import store
 from vigil.core.config import load_data
-from vigil.lab.lab import Lab, LabState, lab_dir
-from vigil.lab.netns import namespaces, pids_in
-from vigil.testing.events import BusThread, Recorder, Seen
-from vigil.testing.labs import lab_creds_args
-from vigil.testing.netns import netns_gate as gate
-from vigil.testing.procs import alive, cmdline, process_group, run
+from vigil.testing.events import Recorder, Seen
+from vigil.testing.lab import LabDriver, driven_lab, latest
+from vigil.testing.procs import alive, cmdline, process_group
 from vigil.testing.waiting import wait_until as until
 from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import (
@@ -191,157 +182,49 @@ def cluster_spec(
 
 
 # -- the lab --------------------------------------------------------------------------------------
-@dataclass
-class SupLab:
-    prefix: str
-    base: Path  # per-node app directories
-    lab: Lab
-    state: LabState
-    spec: ClusterSpec
-    events: Recorder
-    bus: BusThread
-
-    @property
-    def url(self) -> str:
-        return self.state.host_url
-
-    def apply(self, spec: ClusterSpec) -> int:
-        assert self.bus.bus is not None
-        return self.bus.call(store(self.bus.bus, spec))
-
-    def ns(self, who: str) -> str:
-        return self.state.ns(who)
-
-    def vigil(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = run([VIGIL, *args, "--nats", self.url, *lab_creds_args(self.prefix, "operator")])
-        if check:
-            assert proc.returncode == 0, f"vigil {' '.join(args)}: {proc.stderr.strip()}"
-        return proc
-
-    def status(self) -> dict[str, Any]:
-        creds = lab_creds_args(self.prefix, "reader")
-        proc = run([VIGIL, "status", "-o", "json", "--nats", self.url, *creds])
-        assert proc.returncode == 0, f"vigil status failed: {proc.stderr.strip()}"
-        view: dict[str, Any] = json.loads(proc.stdout)
-        return view
-
-    def group(self, name: str) -> dict[str, Any] | None:
-        return next((g for g in self.status()["groups"] if g["name"] == name), None)
-
-    def wait_group(self, name: str, node: str, mode: str, timeout: float = STEP_DEADLINE) -> None:
-        last: list[Any] = [None]
-
-        def ok() -> bool:
-            last[0] = self.group(name)
-            return bool(last[0] and last[0]["node"] == node and last[0]["mode"] == mode)
-
-        until(ok, timeout, lambda: f"group {name} {mode} on {node} (last: {last[0]})")
-
-    def in_ns(
-        self, who: str, *argv: str, timeout: float = 10.0
-    ) -> subprocess.CompletedProcess[str]:
-        return run(["ip", "netns", "exec", self.ns(who), *argv], timeout=timeout)
-
-    def curl(self, url: str) -> str | None:
-        """One GET from the client namespace with curl: the body, or None."""
-        proc = self.in_ns("client", "curl", "-sS", "--noproxy", "*", "--max-time", "2", url)
-        return proc.stdout if proc.returncode == 0 else None
-
-    def served(self, url: str, body: str, timeout: float = STEP_DEADLINE) -> None:
-        seen: list[str | None] = [None]
-
-        def ok() -> bool:
-            seen[0] = self.curl(url)
-            return seen[0] == body
-
-        until(
-            ok,
-            timeout,
-            lambda: f"curl {url} from the client to answer {body!r} (last: {seen[0]!r})",
-        )
-
-    def redis(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.in_ns("client", "redis-cli", "-h", KV_VIP, "-p", "6379", *args)
-
-    def node_pids(self, node: str, needle: str) -> list[int]:
-        return [p for p in pids_in(self.ns(node)) if needle in cmdline(p)]
-
-    def logs(self, group: str, node: str | None = None) -> str:
-        argv = [VIGIL, "logs", group, "--nats", self.url, "-n", "1000"]
-        argv += lab_creds_args(self.prefix, "operator")
-        proc = run([*argv, "--node", node] if node else argv)
-        assert proc.returncode == 0, f"vigil logs {group} failed: {proc.stderr.strip()}"
-        return proc.stdout
-
-    def kill_app(self, node: str, pid: int) -> None:
-        """SIGKILL the app's process from inside the node's namespace."""
-        proc = self.in_ns(node, "kill", "-KILL", str(pid))
-        assert proc.returncode == 0, f"kill -KILL {pid} in {node}: {proc.stderr.strip()}"
+def netns_gate_tools() -> tuple[str, ...]:
+    """What the gate needs: the real apps this story runs."""
+    return ("ip", "nft", "nginx", "redis-server", "redis-cli", "curl")
 
 
-def own_namespaces(prefix: str) -> list[str]:
-    return [n for n in namespaces() if n.startswith(f"{prefix}-")]
-
-
-def netns_gate() -> None:
-    """The gate, with the real apps this story runs."""
-    gate(("ip", "nft", "nginx", "redis-server", "redis-cli", "curl"))
+def redis(sup: LabDriver, *args: str) -> subprocess.CompletedProcess[str]:
+    """redis-cli from the client namespace, on kv's address."""
+    return sup.in_ns("client", "redis-cli", "-h", KV_VIP, "-p", "6379", *args)
 
 
 @pytest.fixture(scope="class")
-def sup_lab() -> Iterator[SupLab]:
-    netns_gate()
-    prefix = f"vsup{secrets.token_hex(2)}"
-    assert not own_namespaces(prefix) and not lab_dir(prefix).exists(), f"{prefix} is taken"
-    base = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
-    lab = Lab(prefix)
-    pids: set[int] = set()
-    bus: BusThread | None = None
-    try:
-        base.chmod(0o755)  # nginx's workers (nobody) read the html under it
+def sup_lab(request: pytest.FixtureRequest) -> Iterator[LabDriver]:
+    """The lab (prefix ``vsup<random>``); its scratch directory holds one directory per node."""
+
+    def failed() -> str | None:
+        return getattr(request.node, "_failed_step", None)
+
+    with driven_lab("vsup", failed=failed, tools=netns_gate_tools()) as sup:
+        sup.tmp.chmod(0o755)  # nginx's workers (nobody) read the html under it
         redis_user = pwd.getpwnam("redis")
         for node in NODES:
-            (base / node).mkdir(mode=0o755)
-            (base / node / "redis").mkdir(mode=0o700)
-            os.chown(base / node / "redis", redis_user.pw_uid, redis_user.pw_gid)
-        spec = cluster_spec(base)
-        state = lab.up(spec, nats_servers=1)  # one server: speed (test_lab_topology runs 3)
-        bus = BusThread(
-            state.host_url, "e2e-supervision", credentials=lab.credentials(state, "operator")
-        )
-        yield SupLab(prefix, base, lab, state, spec, bus.recorder, bus)
-    finally:
-        if bus is not None:
-            bus.close()
-        loaded = LabState.load(prefix)
-        if loaded is not None:
-            pids.update(p.pid for p in loaded.procs)
-        for ns in own_namespaces(prefix):
-            pids.update(pids_in(ns))
-        lab.down()
-        left = own_namespaces(prefix)
-        survivors = [p for p in sorted(pids) if alive(p)]
-        if not os.environ.get("VIGIL_KEEP_LAB_DIR"):
-            shutil.rmtree(lab_dir(prefix), ignore_errors=True)
-            shutil.rmtree(base, ignore_errors=True)
-        listing = run(["ip", "netns", "list"]).stdout
-        assert not left and prefix not in listing, f"lab {prefix} left namespaces: {left}"
-        assert not survivors, f"lab {prefix} left processes alive: {survivors}"
+            (sup.tmp / node).mkdir(mode=0o755)
+            (sup.tmp / node / "redis").mkdir(mode=0o700)
+            os.chown(sup.tmp / node / "redis", redis_user.pw_uid, redis_user.pw_gid)
+        sup.up(cluster_spec(sup.tmp))
+        sup.record_events("e2e-supervision")
+        yield sup
 
 
 @pytest.fixture
-def sup(sup_lab: SupLab) -> SupLab:
+def sup(sup_lab: LabDriver) -> LabDriver:
     """The lab as it started, whatever the test before did: its first cluster file, every node
     up, every group normal on its preferred node and serving (``settle``)."""
-    first = cluster_spec(sup_lab.base)
-    if sup_lab.spec != first:
+    first = cluster_spec(sup_lab.tmp)
+    now = sup_lab.spec
+    assert now is not None
+    if now != first:
         mark = sup_lab.events.mark()
-        back = [g for g in first.groups if sup_lab.spec.group(g.name) is None]
+        back = [g for g in first.groups if now.group(g.name) is None]
         sup_lab.apply(first)
-        sup_lab.spec = first
         for g in back:
             sup_lab.events.wait(ServiceUp, 60, mark, group=g.name, node=g.preferred)
-    settle(sup_lab)
+    sup_lab.settle()
     return sup_lab
 
 
@@ -398,7 +281,7 @@ def run_method(
 # -- the story ------------------------------------------------------------------------------------
 class TestSupervision:
     def test_nginx_and_redis_serve_real_clients_through_their_vips(
-        self, require_netns: None, sup: SupLab
+        self, require_netns: None, sup: LabDriver
     ) -> None:
         view = sup.status()
         assert {n["name"]: n["state"] for n in view["nodes"]} == dict.fromkeys(NODES, "up")
@@ -414,12 +297,12 @@ class TestSupervision:
         sup.served(f"http://{WEB_VIP}/", "nginx on n1\n")
         _, web = latest(sup.events, AppStarted, group="web", node="n1")
         assert cmdline(web.pid).startswith("nginx: master process"), cmdline(web.pid)
-        assert Path(sup.base, "n1", "nginx", "nginx.pid").read_text().strip() == str(web.pid)
+        assert Path(sup.tmp, "n1", "nginx", "nginx.pid").read_text().strip() == str(web.pid)
 
         # redis with its own client, through the VIP
-        assert sup.redis("ping").stdout.strip() == "PONG"
-        assert sup.redis("set", "vigil:e2e", "supervised").stdout.strip() == "OK"
-        assert sup.redis("get", "vigil:e2e").stdout.strip() == "supervised"
+        assert redis(sup, "ping").stdout.strip() == "PONG"
+        assert redis(sup, "set", "vigil:e2e", "supervised").stdout.strip() == "OK"
+        assert redis(sup, "get", "vigil:e2e").stdout.strip() == "supervised"
 
         # ...running as user redis, never as root (AppStarted carries the pid)
         _, kv = latest(sup.events, AppStarted, group="kv", node="n2")
@@ -430,7 +313,7 @@ class TestSupervision:
             for line in Path(f"/proc/{kv.pid}/status").read_text().splitlines()
             if line.startswith("Uid:")
         )
-        redis_uid = str(os.stat(sup.base / "n2" / "redis").st_uid)
+        redis_uid = str(os.stat(sup.tmp / "n2" / "redis").st_uid)
         assert uids == [redis_uid] * 4, f"real/effective/saved/fs uids {uids}"
         assert "redis-server" in cmdline(kv.pid)
 
@@ -438,7 +321,7 @@ class TestSupervision:
         sup.served(f"http://{STUBBORN_VIP}:{APP_PORT}/", "stubborn on n3\n")
         sup.served(f"http://{FLAKY_VIP}:{APP_PORT}/", "flaky on n1\n")
 
-    def test_run_method_steps_are_ordered(self, require_netns: None, sup: SupLab) -> None:
+    def test_run_method_steps_are_ordered(self, require_netns: None, sup: LabDriver) -> None:
         for group, node in (("web", "n1"), ("kv", "n2"), ("stubborn", "n3"), ("flaky", "n1")):
             steps = run_method(sup.events, group, node, timeout=5)
             started = steps[1].event
@@ -447,7 +330,7 @@ class TestSupervision:
             assert isinstance(monitors, MonitorsStarted) and monitors.monitors
 
     def test_halt_method_is_the_reverse_and_sigterm_ignorer_is_killed_after_stop_timeout(
-        self, require_netns: None, sup: SupLab
+        self, require_netns: None, sup: LabDriver
     ) -> None:
         _, started = latest(sup.events, AppStarted, group="stubborn", node="n3")
         members = process_group(started.pid)
@@ -456,10 +339,9 @@ class TestSupervision:
 
         # The operator moves stubborn off n3 (n3 leaves its list): a real halt method on n3.
         mark = sup.events.mark()
-        moved = cluster_spec(sup.base, stubborn=("n1", []))
+        moved = cluster_spec(sup.tmp, stubborn=("n1", []))
         halt_asked = datetime.now(UTC)
         sup.apply(moved)
-        sup.spec = moved
         # (placement commits to its bucket before it publishes the decision, so a supervisor
         # watching the bucket may begin the halt before the decision event reaches the stream)
         _, d = sup.events.wait(PlacementDecided, STEP_DEADLINE, mark, group="stubborn")
@@ -492,11 +374,11 @@ class TestSupervision:
 
         # ...and it runs on n1 now, through the same run method, served through the same VIP
         run_method(sup.events, "stubborn", "n1", since=released.index)
-        sup.wait_group("stubborn", "n1", "normal")
+        sup.wait_group("stubborn", "n1", "normal", timeout=STEP_DEADLINE)
         sup.served(f"http://{STUBBORN_VIP}:{APP_PORT}/", "stubborn on n1\n")
 
     def test_killed_app_is_restarted_on_the_same_node_then_fails_over_after_max_restarts(
-        self, require_netns: None, sup: SupLab
+        self, require_netns: None, sup: LabDriver
     ) -> None:
         """One scenario (restart.max counts the kills of both halves): a SIGKILLed nginx is
         restarted on its node; killed again and again, it fails for good after ``restart.max``
@@ -504,7 +386,7 @@ class TestSupervision:
         first, old = latest(sup.events, AppStarted, group="web", node="n1")
         assert not sup.events.select(AppFailed, first.index, group="web"), "web failed already"
         mark = sup.events.mark()
-        sup.kill_app("n1", old.pid)
+        sup.kill_pid("n1", old.pid)
 
         failed, f = sup.events.wait(AppFailed, STEP_DEADLINE, mark, group="web")
         assert (f.node, f.final, f.exit_code) == ("n1", False, -signal.SIGKILL), f
@@ -526,7 +408,7 @@ class TestSupervision:
             # kill it once it is fully up (a kill before it is healthy is a failed start)
             sup.events.wait(ServiceUp, STEP_DEADLINE, newest.index, group="web", node="n1")
             before = sup.events.mark()
-            sup.kill_app("n1", current.pid)
+            sup.kill_pid("n1", current.pid)
             kills += 1
             failed, f = sup.events.wait(AppFailed, STEP_DEADLINE, before, group="web", node="n1")
             if kills <= RESTART_MAX:
@@ -557,14 +439,14 @@ class TestSupervision:
         acquired = steps[0].event
         assert isinstance(acquired, AddressAcquired)
         assert moved.index < steps[0].index and m.epoch == acquired.epoch
-        sup.wait_group("web", "n2", "failover")
+        sup.wait_group("web", "n2", "failover", timeout=STEP_DEADLINE)
         sup.served(f"http://{WEB_VIP}/", "nginx on n2\n")
         assert sup.node_pids("n1", "nginx") == []
         assert WEB_VIP not in sup.in_ns("n1", "ip", "-4", "addr").stdout
 
-    def test_monitor_failure_restarts_the_app(self, require_netns: None, sup: SupLab) -> None:
+    def test_monitor_failure_restarts_the_app(self, require_netns: None, sup: LabDriver) -> None:
         _, current = latest(sup.events, AppStarted, group="flaky", node="n1")
-        flag = sup.base / "n1" / "fail.flag"
+        flag = sup.tmp / "n1" / "fail.flag"
         mark = sup.events.mark()
         flag.touch()
         try:
@@ -584,14 +466,14 @@ class TestSupervision:
         assert not sup.events.select(PlacementDecided, mark, group="flaky")
         sup.served(f"http://{FLAKY_VIP}:{APP_PORT}/", "flaky on n1\n")
 
-    def test_vigil_logs_shows_the_apps_output(self, require_netns: None, sup: SupLab) -> None:
+    def test_vigil_logs_shows_the_apps_output(self, require_netns: None, sup: LabDriver) -> None:
         marker = f"flaky: listening on {FLAKY_VIP}:{APP_PORT} on node n1"
         before = sup.logs("flaky").count(marker)  # the node where it runs (n1), found by the CLI
         assert before >= 1
         # restarted (killed): one more marker line
         _, current = latest(sup.events, AppStarted, group="flaky", node="n1")
         mark = sup.events.mark()
-        sup.kill_app("n1", current.pid)
+        sup.kill_pid("n1", current.pid)
         failed, _ = sup.events.wait(AppFailed, STEP_DEADLINE, mark, group="flaky", node="n1")
         sup.events.wait(ServiceUp, STEP_DEADLINE, failed.index, group="flaky", node="n1")
         out = sup.logs("flaky")
@@ -600,13 +482,12 @@ class TestSupervision:
         assert "nginx" in sup.logs("web", node="n1")
 
     def test_group_removed_from_the_file_is_halted_and_its_address_released(
-        self, require_netns: None, sup: SupLab
+        self, require_netns: None, sup: LabDriver
     ) -> None:
         _, started = latest(sup.events, AppStarted, group="kv", node="n2")
         mark = sup.events.mark()
-        without = cluster_spec(sup.base, with_kv=False)
+        without = cluster_spec(sup.tmp, with_kv=False)
         sup.apply(without)
-        sup.spec = without
         # the supervisor's half of the halt method
         off, _ = sup.events.wait(MonitorsStopped, STEP_DEADLINE, mark, group="kv", node="n2")
         stopped, _ = sup.events.wait(AppStopped, STEP_DEADLINE, off.index, group="kv", node="n2")
@@ -614,7 +495,7 @@ class TestSupervision:
         assert sup.node_pids("n2", "redis-server") == []
         # the address service's half: the VIP goes, then service down
         if not poll(lambda: KV_VIP not in sup.in_ns("n2", "ip", "-4", "addr").stdout, 10.0):
-            client = sup.redis("ping")
+            client = redis(sup, "ping")
             pytest.fail(
                 f"{KV_VIP} is still on n2 10s after kv left the file and its app stopped; "
                 f"n2's fence set vips: {fence_vips(sup, 'n2')}; "
@@ -640,7 +521,7 @@ def poll(probe: Callable[[], Any], timeout: float) -> bool:
     return True
 
 
-def fence_vips(sup: SupLab, node: str) -> list[str]:
+def fence_vips(sup: LabDriver, node: str) -> list[str]:
     proc = sup.in_ns(node, "nft", "-j", "list", "set", "netdev", "vigil", "vips")
     if proc.returncode != 0:
         return []

@@ -1,20 +1,23 @@
-"""Observers on the wire, inside a lab: ARP claims for an address seen from the client, and
-every fence renewal a node makes (nft monitor)."""
+"""Observers inside a lab: ARP claims for an address seen from the client, every fence renewal a
+node makes (nft monitor), a FAN client's reports, and which nodes hold an address, sampled."""
 
 from __future__ import annotations
 
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
 
 from vigil.lab.lab import CLIENT_IP
 
-from .lines import Lines
-from .netns import IFNAME, in_netns, mac
+from .lines import JsonLines, Lines
+from .netns import IFNAME, addresses, in_netns, mac
 from .procs import run
 from .waiting import wait_until
 
@@ -138,3 +141,99 @@ class NftMonitor:
 
     def stop(self) -> None:
         self._lines.stop()
+
+
+class ServiceWatcher:
+    """A FAN client (``vigil.client.ServiceClient`` for ``service``, ``vigil.testing.fanclient``)
+    run in the namespace ``netns`` with ``env``; its reports collected."""
+
+    def __init__(
+        self,
+        netns: str,
+        url: str,
+        service: str,
+        env: dict[str, str],
+        stderr: Path,
+        duration: float = 300.0,
+    ) -> None:
+        self.service = service
+        self.stderr = stderr.open("w")
+        argv = ["ip", "netns", "exec", netns, "env", *(f"{k}={v}" for k, v in env.items())]
+        argv += [sys.executable, "-m", "vigil.testing.fanclient", url, service, str(duration)]
+        self.lines: JsonLines[dict[str, Any]] = JsonLines(argv, dict, stderr=self.stderr)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.lines.snapshot() if r["kind"] == kind]
+
+    def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
+        return wait_until(
+            lambda: next(iter(self.of("ready")), None),
+            timeout,
+            f"the ServiceClient for {self.service} to start",
+            interval=0.05,
+        )
+
+    def wait_event(self, timeout: float, **fields: Any) -> dict[str, Any]:
+        """The first event record whose event has ``fields``."""
+
+        def find() -> dict[str, Any] | None:
+            return next(
+                (
+                    r
+                    for r in self.of("event")
+                    if all(r["event"].get(k) == v for k, v in fields.items())
+                ),
+                None,
+            )
+
+        return wait_until(find, timeout, f"the ServiceClient to see {fields}", interval=0.05)
+
+    def wait_served_after(self, event: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """The GET the client made with the endpoint it got right after ``event``."""
+        return wait_until(
+            lambda: next(
+                (
+                    r
+                    for r in self.of("served")
+                    if r["after_seq"] == event["seq"] and r["after_source"] == event["source"]
+                ),
+                None,
+            ),
+            timeout,
+            "the ServiceClient to try the endpoint it got after the event",
+            interval=0.05,
+        )
+
+    def stop(self) -> None:
+        self.lines.stop()
+        self.stderr.close()
+
+
+class AddressSampler:
+    """Samples which nodes hold ``vip`` (``namespaces``: node -> its namespace, in the order
+    read), over and over, until stopped. Each sample reads the nodes one after the other: put
+    the node that *acquires* first. Then a sample seeing the address on both is proof of an
+    overlap (the acquiring node does not let go in between), and a sample seeing it on none is a
+    moment without a holder."""
+
+    def __init__(self, vip: str, namespaces: dict[str, str]) -> None:
+        self.vip = vip
+        self.namespaces = namespaces
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 120  # bounded by design
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            held = tuple(n for n, ns in self.namespaces.items() if self.vip in addresses(ns))
+            self.samples.append((time.time(), held))
+            time.sleep(0.005)
+
+    def overlaps(self) -> list[tuple[float, tuple[str, ...]]]:
+        return [s for s in self.samples if len(s[1]) > 1]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,16 +38,20 @@ def _answer(raw: dict[str, Any]) -> Answer:
 
 
 class Probe:
+    """The probe in ``where``: a network namespace's name, or the command that runs a Python
+    with Vigil where the client is (e.g. ``docker exec CONTAINER python3``)."""
+
     def __init__(
         self,
-        netns: str,
+        where: str | Sequence[str],
         target: str,
         *,
         interval: float = 0.02,
         timeout: float = 0.1,
         duration: float = 240.0,
     ) -> None:
-        argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "vigil.lab.probe"]
+        python = ["ip", "netns", "exec", where, sys.executable] if isinstance(where, str) else where
+        argv = [*python, "-m", "vigil.lab.probe"]
         argv += ["--target", target, "--interval", str(interval), "--timeout", str(timeout)]
         argv += ["--duration", str(duration)]
         self.argv = argv
