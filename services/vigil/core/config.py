@@ -111,9 +111,11 @@ def _normalise_durations(raw: dict[str, Any]) -> None:
     for path in _DURATIONS:
         fix(raw, path, "")
     fix(raw, ("cluster", "fence", "timeout"), "")
+    _fence_options(raw.get("cluster"), "cluster.")
     nodes = raw.get("nodes")
     for i, node in enumerate(nodes if isinstance(nodes, list) else []):
         fix(node, ("fence", "timeout"), f"nodes[{i}].")
+        _fence_options(node, f"nodes[{i}].")
     groups = raw.get("groups")
     if isinstance(groups, list):
         for i, group in enumerate(groups):
@@ -123,6 +125,17 @@ def _normalise_durations(raw: dict[str, Any]) -> None:
             for j, monitor in enumerate(monitors if isinstance(monitors, list) else []):
                 for key in _MONITOR_DURATIONS:
                     fix(monitor, (key,), f"groups[{i}].monitors[{j}].")
+
+
+def _fence_options(parent: Any, where: str) -> None:
+    """An option value that YAML read as a number (``ipport: 623``) is refused by name, and
+    never quoted: the agent reads text, and one of the values is a password."""
+    fence = parent.get("fence") if isinstance(parent, dict) else None
+    options = fence.get("options") if isinstance(fence, dict) else None
+    for key, value in options.items() if isinstance(options, dict) else []:
+        if not isinstance(value, str):
+            at = f"{where}fence.options.{_one_line(str(key), 64)}"
+            raise ConfigError(at, "must be a string: quote it")
 
 
 def _from_msgspec(exc: msgspec.ValidationError) -> ConfigError:
