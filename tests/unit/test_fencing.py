@@ -170,3 +170,14 @@ def test_run_agent_reports_the_exit_without_secrets(tmp_path: Path) -> None:
     assert asyncio.run(run_agent(slow, "n1")) == f"{slow.agent} timed out after 0.2s"
     missing = Fence(str(tmp_path / "none"))
     assert "failed to run" in (asyncio.run(run_agent(missing, "n1")) or "")
+
+
+def test_the_lab_agent_reads_the_fence_agents_protocol() -> None:
+    from vigil.lab.fence_agent import parse
+
+    assert parse("# comment\naction=off\n\nplug = n2\nlab=vx\npassword=a=b\n") == {
+        "action": "off",
+        "plug": "n2",
+        "lab": "vx",
+        "password": "a=b",
+    }
