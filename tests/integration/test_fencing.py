@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
+from vigil.core import status
 from vigil.core.bus import get_record, kv
 from vigil.core.clusterconfig import store
 from vigil.core.config import load_data
@@ -95,6 +96,8 @@ async def test_a_lost_nodes_restart_group_waits_for_its_fence(
     held = await get_record(bucket, "web1", Placement)
     assert held is not None and (held.node, held.epoch) == ("n1", 1)  # not placed elsewhere
     assert SECRET not in held.reason
+    view = (await status.read(cli)).group("web1")
+    assert view is not None and "waiting for it to be fenced" in view.waiting
     failed = await get_record(fencing, fence_key("n1", 0), FenceRecord)
     assert failed is not None and not failed.fenced and failed.attempts >= 1
     assert SECRET not in failed.error

@@ -352,7 +352,7 @@ class Lab:
         try:
             s = bus.subjects
             buckets = (s.bucket_nodes, s.bucket_placement, s.bucket_observed, s.bucket_services)
-            for bucket in (*buckets, s.bucket_intents, s.bucket_fencing):
+            for bucket in (*buckets, s.bucket_intents):
                 await kv(bus, bucket, copies=copies)
             await kv(bus, s.bucket_config, history=10, copies=copies)
             await ensure_stream(bus, copies)

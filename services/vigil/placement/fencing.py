@@ -134,6 +134,8 @@ class Fencer:
         self, spec: ClusterSpec, wanted: dict[tuple[str, int], list[str]], tg: asyncio.TaskGroup
     ) -> None:
         """Start an attempt for each wanted fence that nobody has done, runs or holds off."""
+        if not self.records.ready.is_set():
+            return  # not read yet: what another replica recorded is not known
         now = time.time()
         for (node, incarnation), groups in wanted.items():
             key = fence_key(node, incarnation)

@@ -112,8 +112,6 @@ class PlacementService(Reconciler):
         self.services_bucket = await kv(self.bus, s.bucket_services)
         self.services = self.cache(self.services_bucket, ServiceRecord, key_of=lambda _: "")
         self.intents = self.cache(await kv(self.bus, s.bucket_intents), Intent, key_of=str)
-        fencing = await kv(self.bus, s.bucket_fencing)
-        self.fencer = Fencer(self.bus, fencing, self.cache(fencing, FenceRecord), self.run_alert)
         await self.bus.subscribe(s.all_node_events, (NodeJoined, NodeLost), self.on_node)
         await self.bus.subscribe(
             s.all_address_events(), (AddressAcquired, AddressReleased), self.on_address
@@ -126,6 +124,19 @@ class PlacementService(Reconciler):
         async with asyncio.TaskGroup() as tg:
             self.tg = tg  # fence agents run in it, beside the reconcile loop
             self.start(tg)
+
+    async def ensure_fencer(self) -> None:
+        """The fencing bucket and its watch, from the first cluster file with a fence: a
+        cluster without fences keeps no bucket (and reserves no storage) for them."""
+        spec = self.config.spec
+        if self.fencer is not None or self.tg is None or spec is None:
+            return
+        if spec.cluster.fence is None and all(n.fence is None for n in spec.nodes):
+            return
+        bucket = await kv(self.bus, self.bus.subjects.bucket_fencing)
+        records = self.cache(bucket, FenceRecord)
+        self.tg.create_task(records.run(), name="watch-fencing")
+        self.fencer = Fencer(self.bus, bucket, records, self.run_alert)
 
     async def run_alert(self, kind: str, group: str, node: str | None, message: str) -> None:
         spec = self.config.spec
@@ -240,6 +251,7 @@ class PlacementService(Reconciler):
                 n: r.incarnation for n, r in self.nodes.values().items() if r.state == "up"
             },
             lost_incarnations=lost,
+            # no fencer yet (bucket being opened): nothing is fenced, the rules wait (safe)
             fenced=self.fencer.fenced() if self.fencer else frozenset(),
             fence_errors=self.fencer.errors(lost) if self.fencer else {},
         )
@@ -248,6 +260,7 @@ class PlacementService(Reconciler):
         return super().keys() | set(self.placements.values())
 
     async def prepare(self) -> None:
+        await self.ensure_fencer()
         self.snap = self.snapshot()
         # The revisions the snapshot's placements were read at (same loop step: consistent).
         # A commit compares-and-sets against these, not the cache's newest: a record another
