@@ -18,16 +18,29 @@ class Timing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lease: float = 0.8
 
 
+class Fence(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A power fence in the interface of the ``fence-agents`` package (as Pacemaker's stonith
+    runs them): ``agent`` reads ``action=off`` and ``options`` as ``key=value`` lines on stdin and
+    exits 0 once the node is off. ``{node}`` in an option's value is the node's name."""
+
+    agent: str
+    options: dict[str, str] = msgspec.field(default_factory=dict)
+    timeout: float = 30.0
+
+
 class Cluster(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     timing: Timing = Timing()
     # run (by placement, once per alert) with VIGIL_ALERT_KIND/GROUP/NODE/MESSAGE in its env
     alert: str | None = None
+    fence: Fence | None = None  # every node's fence, unless the node gives its own
 
 
 class Node(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     interface: str = "eth0"
+    # powered off before a restart group of this node, lost, runs elsewhere (docs/safety.md)
+    fence: Fence | None = None
 
 
 class App(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -121,3 +134,10 @@ class ClusterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def group(self, name: str) -> Group | None:
         return next((g for g in self.groups if g.name == name), None)
+
+    def fence(self, node: str) -> Fence | None:
+        """The fence of ``node``: its own, else the cluster's default (None: not fenced)."""
+        spec = next((n for n in self.nodes if n.name == node), None)
+        if spec is not None and spec.fence is not None:
+            return spec.fence
+        return self.cluster.fence if spec is not None else None

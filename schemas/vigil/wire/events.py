@@ -134,6 +134,16 @@ class SwitchingDisabled(Event, frozen=True, kw_only=True, tag="switching_disable
     epoch: int
 
 
+class NodeFenced(Event, frozen=True, kw_only=True, tag="node_fenced"):
+    """Placement's fence agent powered ``node`` off (its lost ``incarnation``): its restart
+    groups may run elsewhere now."""
+
+    node: str
+    incarnation: int
+    agent: str
+    attempts: int = 1
+
+
 class Alert(Event, frozen=True, kw_only=True, tag="alert"):
     kind: str
     group: str
@@ -204,6 +214,7 @@ AnyEvent = (
     | IntentChanged
     | WatchdogReported
     | SwitchingDisabled
+    | NodeFenced
     | Alert
     | ServiceUp
     | ServiceDown
@@ -227,6 +238,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     IntentChanged,
     WatchdogReported,
     SwitchingDisabled,
+    NodeFenced,
     Alert,
     ServiceUp,
     ServiceDown,

@@ -31,6 +31,7 @@ def render() -> dict[str, str]:
             records.Intent,
             records.ServiceRecord,
             records.StrayNode,
+            records.FenceRecord,
         )
     )
     docs["records.schema.json"] = {"$defs": components}

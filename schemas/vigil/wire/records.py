@@ -51,6 +51,20 @@ class Placement(msgspec.Struct, frozen=True):
     incarnation: int = 0
 
 
+class FenceRecord(msgspec.Struct, frozen=True):
+    """Bucket ``fencing``, key ``<node>.<incarnation>``: the power fence of a lost node's
+    incarnation. Written by placement with compare-and-set, so one replica at a time runs the
+    agent (until ``claimed_until``) and a success is recorded once, for every replica to see."""
+
+    node: str
+    incarnation: int
+    fenced: bool = False
+    attempts: int = 0  # runs of the agent that failed
+    claimed_by: str = ""  # the replica running the agent, or holding off after a failure
+    claimed_until: float = 0.0  # unix time; past it another replica may run the agent
+    error: str = ""  # the last failure, without the options (they hold a password)
+
+
 class ServiceRecord(msgspec.Struct, frozen=True):
     """Bucket ``services``, key = service name. Written by placement: the groups offering it."""
 

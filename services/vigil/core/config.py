@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from vigil.wire.cluster import App, ClusterSpec, Monitor
+from vigil.wire.cluster import App, ClusterSpec, Fence, Monitor
 
 from . import strict_yaml
 from .durations import parse_duration
@@ -26,6 +26,10 @@ _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Linux takes up to IFNAMSIZ-1 = 15 bytes, no '/', ':' or whitespace, never "." or "..".
 _IFNAME = re.compile(r"[A-Za-z0-9_.@-]{1,15}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# fence-agents' option names (ip, username, password, plug, lanplus, passwd_script, ...)
+_FENCE_OPTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_FENCE_AGENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")  # a command name, no path
+MAX_FENCE_TIMEOUT = 600.0
 # The stored file travels as one NATS message: the server's default max_payload (1 MiB).
 MAX_PAYLOAD = 1024 * 1024
 MAX_FILE = 4 * MAX_PAYLOAD  # YAML is wordier than the JSON stored; read no more than this
@@ -106,6 +110,12 @@ def _normalise_durations(raw: dict[str, Any]) -> None:
 
     for path in _DURATIONS:
         fix(raw, path, "")
+    fix(raw, ("cluster", "fence", "timeout"), "")
+    _fence_options(raw.get("cluster"), "cluster.")
+    nodes = raw.get("nodes")
+    for i, node in enumerate(nodes if isinstance(nodes, list) else []):
+        fix(node, ("fence", "timeout"), f"nodes[{i}].")
+        _fence_options(node, f"nodes[{i}].")
     groups = raw.get("groups")
     if isinstance(groups, list):
         for i, group in enumerate(groups):
@@ -115,6 +125,17 @@ def _normalise_durations(raw: dict[str, Any]) -> None:
             for j, monitor in enumerate(monitors if isinstance(monitors, list) else []):
                 for key in _MONITOR_DURATIONS:
                     fix(monitor, (key,), f"groups[{i}].monitors[{j}].")
+
+
+def _fence_options(parent: Any, where: str) -> None:
+    """An option value that YAML read as a number (``ipport: 623``) is refused by name, and
+    never quoted: the agent reads text, and one of the values is a password."""
+    fence = parent.get("fence") if isinstance(parent, dict) else None
+    options = fence.get("options") if isinstance(fence, dict) else None
+    for key, value in options.items() if isinstance(options, dict) else []:
+        if not isinstance(value, str):
+            at = f"{where}fence.options.{_one_line(str(key), 64)}"
+            raise ConfigError(at, "must be a string: quote it")
 
 
 def _from_msgspec(exc: msgspec.ValidationError) -> ConfigError:
@@ -186,6 +207,8 @@ def validate(spec: ClusterSpec) -> None:
     if not valid_name(spec.cluster.name):
         raise ConfigError("cluster.name", f"invalid name {_one_line(repr(spec.cluster.name))}")
     _check_command("cluster.alert", spec.cluster.alert)
+    if spec.cluster.fence is not None:
+        _validate_fence(spec.cluster.fence, "cluster.fence")
     timing = spec.cluster.timing
     if timing.lease < 4 * timing.heartbeat:
         raise ConfigError(
@@ -211,6 +234,8 @@ def validate(spec: ClusterSpec) -> None:
                 f"invalid interface {_one_line(repr(node.interface))} "
                 "(at most 15 of A-Z a-z 0-9 _ . - @)",
             )
+        if node.fence is not None:
+            _validate_fence(node.fence, f"nodes[{i}].fence")
         nodes.add(node.name)
     groups: set[str] = set()
     addresses: dict[ipaddress.IPv4Address, str] = {}
@@ -292,6 +317,32 @@ def _validate_app(app: App, at: str) -> None:
         raise ConfigError(f"{at}.user", f"invalid user name {_one_line(repr(app.user))}")
     if app.user == "root":
         raise ConfigError(f"{at}.user", "leave 'user' out to run as the supervisor's user")
+
+
+def _validate_fence(fence: Fence, at: str) -> None:
+    """Option values are never quoted back: one of them is a password."""
+    agent = fence.agent
+    if agent.startswith("/"):
+        if not agent.isprintable() or any(c.isspace() for c in agent) or "/../" in agent + "/":
+            raise ConfigError(f"{at}.agent", "an absolute path without spaces or '..'")
+    elif not _FENCE_AGENT.fullmatch(agent):
+        raise ConfigError(
+            f"{at}.agent",
+            f"invalid agent {_one_line(repr(agent))}: a command name (fence_ipmilan) "
+            "or an absolute path",
+        )
+    for key, value in fence.options.items():
+        if not _FENCE_OPTION.fullmatch(key):
+            raise ConfigError(
+                f"{at}.options",
+                f"invalid option name {_one_line(repr(key))} (A-Z a-z 0-9 _ -, no '=')",
+            )
+        if key == "action":
+            raise ConfigError(f"{at}.options.action", "set by Vigil (off), not in the file")
+        if any(c in value for c in "\n\r\0"):
+            raise ConfigError(f"{at}.options.{key}", "must be one line (value not shown)")
+    if not 0 < fence.timeout <= MAX_FENCE_TIMEOUT:
+        raise ConfigError(f"{at}.timeout", f"must be over 0 and at most {MAX_FENCE_TIMEOUT:g}s")
 
 
 def _validate_monitor(monitor: Monitor, at: str) -> None:

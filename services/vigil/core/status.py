@@ -29,6 +29,8 @@ class GroupView(msgspec.Struct):
     epoch: int
     preferred: str
     switching: Literal["enabled", "disabled"] = "enabled"
+    # why a group placed on a lost node has not moved (waiting for its fence, say)
+    waiting: str = ""
 
 
 class StatusView(msgspec.Struct, omit_defaults=True):
@@ -81,9 +83,11 @@ def build(
         for n in spec.nodes
     ]
     groups = []
+    up = {n.name for n in node_views if n.state == "up"}
     for g in spec.groups:
         placement = placements.get(g.name)
         node, mode = mode_of(g.name, g.preferred, placement, addresses, apps)
+        waiting = placement.reason if placement and node is not None and node not in up else ""
         groups.append(
             GroupView(
                 g.name,
@@ -93,6 +97,7 @@ def build(
                 placement.epoch if placement else 0,
                 g.preferred,
                 "enabled" if placement is None or placement.switching else "disabled",
+                waiting,
             )
         )
     return StatusView(spec.cluster.name, node_views, groups, stray_names)
@@ -126,4 +131,5 @@ def render_table(view: StatusView) -> str:
         f"{g.switching:<10} {g.epoch}"
         for g in view.groups
     ]
+    lines += [f"{g.name}: {g.waiting}" for g in view.groups if g.waiting]
     return "\n".join(lines)

@@ -67,6 +67,11 @@ class Subjects:
     def group_event(self, group: str, what: str) -> str:
         return f"{self.root}.group.{group}.{what}"
 
+    def node_fenced(self, node: str) -> str:
+        """Apart from ``node.*.*``: a node's own events come from membership, this from
+        placement (and node services need not hear it)."""
+        return f"{self.root}.fence.{node}.fenced"
+
     def alert(self, group: str) -> str:
         return f"{self.root}.alert.{group}"
 
@@ -109,6 +114,10 @@ class Subjects:
         return f"{self.root}_services"
 
     @property
+    def bucket_fencing(self) -> str:
+        return f"{self.root}_fencing"
+
+    @property
     def bucket_intents(self) -> str:
         return f"{self.root}_intents"
 
@@ -126,6 +135,10 @@ CONFIG_KEY = "cluster"
 
 def address_key(node: str, group: str) -> str:
     return f"address.{node}.{group}"
+
+
+def fence_key(node: str, incarnation: int) -> str:
+    return f"{node}.{incarnation}"
 
 
 def app_key(node: str, group: str) -> str:

@@ -20,6 +20,11 @@ re-enables switching and forgets the group's bans.
 Failback ``auto``: a group away from its preferred node moves back (as a switchover) once the
 preferred node has been up for ``failback_delay``.
 
+Fencing: a ``restart`` group of a lost node whose node has a fence (``nodes[].fence`` or
+``cluster.fence``) runs elsewhere only once that node's lost incarnation is recorded fenced
+(``fenced``): its app may still run there, cut off from the bus. Until then the group stays
+where it was, its reason saying why (``Change.fence`` tells the service what to fence).
+
 Last node: when a failover lands a group on the last eligible node of its list, switching is
 disabled for it (the service announces it and alerts once). With switching disabled the group
 never moves again: if that node is lost it stays halted, if its app fails for good there it stays
@@ -53,6 +58,10 @@ class Snapshot:
     release_bound: float = 0.0  # seconds, for the reason
     # node -> its current incarnation (NodeRecord); a node missing here is not checked
     incarnations: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # lost node -> the incarnation it was declared lost as (NodeRecord)
+    lost_incarnations: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    fenced: Set[tuple[str, int]] = frozenset()  # (node, incarnation) powered off by its fence
+    fence_errors: Mapping[str, str] = dataclasses.field(default_factory=dict)  # lost node -> why
 
 
 def next_node(sequence: list[str], after: str | None, ok: Callable[[str], bool]) -> str | None:
@@ -79,6 +88,8 @@ class Change:
     switching: bool | None = None  # set when this change turns switching off (or back on)
     enable_id: int | None = None  # set when this change applies an operator's enable
     renew: bool = False  # the same node, anew: it rejoined since (a new incarnation)
+    # held back until this (node, incarnation) is fenced; only the reason is stored (same epoch)
+    fence: tuple[str, int] | None = None
 
 
 def decide_group(group: Group, snap: Snapshot) -> Change | None:
@@ -167,6 +178,16 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
             return None, why
         if not switching:
             return None, f"node {node} lost; switching is disabled: the group stays halted"
+        lost = (node, snap.lost_incarnations.get(node, cur.incarnation if cur else 0))
+        if (
+            group.on_failover == "restart"
+            and snap.spec.fence(node) is not None
+            and lost not in snap.fenced
+        ):
+            why = f"node {node} lost: waiting for it to be fenced before the app runs elsewhere"
+            if error := snap.fence_errors.get(node):
+                why += f" (fence failed: {error})"
+            return Change(node, why, fence=lost)
         return landing(next_node(sequence, node, eligible), f"node {node} lost")
     if not switching:
         return None  # stays where it is (halted) until an operator enables switching
@@ -202,6 +223,21 @@ def decide(snap: Snapshot) -> list[Placement]:
     return [p for name in sorted(names) if (p := decide_one(snap, name)) is not None]
 
 
+def fences_wanted(snap: Snapshot) -> dict[tuple[str, int], list[str]]:
+    """The lost (node, incarnation)s to fence now, each with the groups that wait for it."""
+    wanted: dict[tuple[str, int], list[str]] = {}
+    lost = set(snap.lost_incarnations) | {
+        p.node for p in snap.current.values() if p.node is not None and p.node not in snap.up
+    }
+    if not any(snap.spec.fence(n) is not None for n in lost):
+        return wanted
+    for group in snap.spec.groups:
+        change = decide_group(group, snap)
+        if change is not None and change.fence is not None:
+            wanted.setdefault(change.fence, []).append(group.name)
+    return wanted
+
+
 def decide_one(snap: Snapshot, name: str) -> Placement | None:
     """The new placement of group ``name`` (in the file or only in the bucket), or None."""
     cur = snap.current.get(name)
@@ -213,6 +249,10 @@ def decide_one(snap: Snapshot, name: str) -> Placement | None:
     change = decide_group(group, snap)
     if change is None:
         return None
+    if change.fence is not None:  # waiting for a fence: say so, decide nothing
+        if cur is None or cur.reason == change.reason:
+            return None
+        return msgspec.structs.replace(cur, reason=change.reason)
     incarnation = snap.incarnations.get(change.node, 0) if change.node is not None else 0
     if cur is None:
         return Placement(

@@ -30,6 +30,7 @@ from vigil.wire.events import (
 from vigil.wire.records import (
     AddressStatus,
     AppStatus,
+    FenceRecord,
     Intent,
     NodeRecord,
     Placement,
@@ -40,8 +41,9 @@ from ..core.bus import Bus, encode, ensure_stream, get_record, kv
 from ..core.errors import Conflict
 from ..core.reconciler import Reconciler, group_of
 from ..core.subjects import address_key
+from .fencing import Fencer
 from .offering import members
-from .rules import Snapshot, decide_one
+from .rules import Snapshot, decide_one, fences_wanted
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ class PlacementService(Reconciler):
         self.snap: Snapshot | None = None
         self.snap_revisions: dict[str, int] = {}
         self.waiting: dict[str, float] = {}  # group -> since when (monotonic) it waits
+        self.fencer: Fencer | None = None
+        self.tg: asyncio.TaskGroup | None = None
 
     async def run(self) -> None:
         s = self.bus.subjects
@@ -118,7 +122,26 @@ class PlacementService(Reconciler):
                 s.all_app_events("*", what), (AppFailed, AppStopFailed, AppStopped), self.on_app
             )
         async with asyncio.TaskGroup() as tg:
+            self.tg = tg  # fence agents run in it, beside the reconcile loop
             self.start(tg)
+
+    async def ensure_fencer(self) -> None:
+        """The fencing bucket and its watch, from the first cluster file with a fence: a
+        cluster without fences keeps no bucket (and reserves no storage) for them."""
+        spec = self.config.spec
+        if self.fencer is not None or self.tg is None or spec is None:
+            return
+        if spec.cluster.fence is None and all(n.fence is None for n in spec.nodes):
+            return
+        bucket = await kv(self.bus, self.bus.subjects.bucket_fencing)
+        records = self.cache(bucket, FenceRecord)
+        self.tg.create_task(records.run(), name="watch-fencing")
+        self.fencer = Fencer(self.bus, bucket, records, self.run_alert)
+
+    async def run_alert(self, kind: str, group: str, node: str | None, message: str) -> None:
+        spec = self.config.spec
+        if spec is not None and spec.cluster.alert:
+            await run_alert(spec.cluster.alert, kind, group, node, message)
 
     # -- edge triggers: update the local view at once, then reconcile -------------------------
     async def on_node(self, event: NodeJoined | NodeLost) -> None:
@@ -210,6 +233,7 @@ class PlacementService(Reconciler):
         if self.started is None:
             self.started = mono
         self.settled = mono - self.started >= settle or up >= {n.name for n in spec.nodes}
+        lost = {n: r.incarnation for n, r in self.nodes.values().items() if r.state != "up"}
         return Snapshot(
             spec=spec,
             up=up,
@@ -226,18 +250,25 @@ class PlacementService(Reconciler):
             incarnations={
                 n: r.incarnation for n, r in self.nodes.values().items() if r.state == "up"
             },
+            lost_incarnations=lost,
+            # no fencer yet (bucket being opened): nothing is fenced, the rules wait (safe)
+            fenced=self.fencer.fenced() if self.fencer else frozenset(),
+            fence_errors=self.fencer.errors(lost) if self.fencer else {},
         )
 
     def keys(self) -> set[str]:
         return super().keys() | set(self.placements.values())
 
     async def prepare(self) -> None:
+        await self.ensure_fencer()
         self.snap = self.snapshot()
         # The revisions the snapshot's placements were read at (same loop step: consistent).
         # A commit compares-and-sets against these, not the cache's newest: a record another
         # replica wrote after the snapshot must fail our write (decided on stale state), not be
         # overwritten by it (same epoch twice, and its alert sent twice).
         self.snap_revisions = {k: r for k, (r, _) in self.placements.entries.items()}
+        if self.snap is not None and self.fencer is not None and self.tg is not None:
+            self.fencer.want(self.snap.spec, fences_wanted(self.snap), self.tg)
 
     async def reconcile_key(self, key: str) -> None:
         snap = self.snap
@@ -350,6 +381,10 @@ class PlacementService(Reconciler):
         log.info(
             "group %s -> %s (epoch %d): %s", key, decision.node, decision.epoch, decision.reason
         )
+        if previous is not None and msgspec.structs.replace(previous, reason=decision.reason) == (
+            decision
+        ):
+            return  # only the reason changed (waiting for a fence): nothing was decided
         await self.bus.publish(
             self.bus.subjects.placement(key),
             PlacementDecided(
@@ -397,8 +432,4 @@ class PlacementService(Reconciler):
                 message=message,
             ),
         )
-        spec = self.config.spec
-        if spec is not None and spec.cluster.alert:
-            await run_alert(
-                spec.cluster.alert, "switching_disabled", decision.group, decision.node, message
-            )
+        await self.run_alert("switching_disabled", decision.group, decision.node, message)

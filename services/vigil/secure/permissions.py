@@ -71,6 +71,7 @@ def buckets(s: Subjects) -> list[str]:
         s.bucket_observed,
         s.bucket_services,
         s.bucket_intents,
+        s.bucket_fencing,
     ]
 
 
@@ -131,8 +132,10 @@ def placement(s: Subjects) -> Permissions:
             s.all_placements,
             f"{r}.group.>",
             f"{r}.alert.*",
+            s.node_fenced("*"),
             s.service("*", "down", "*"),  # for a lost node, which cannot say it itself
             _write(s.bucket_placement, "*"),
+            _write(s.bucket_fencing, ">"),  # key <node>.<incarnation>
             _write(s.bucket_services, "*"),
             *_read_all(s),
             *_create_all(s),
