@@ -67,7 +67,7 @@ async def buses(server: Server) -> AsyncIterator[dict[str, Bus]]:
     out["n2-heart"] = await as_role(server, "node-n2")
     # the operator sets the bus up: every bucket and the event stream
     await ensure_stream(out["operator"])
-    for bucket in permissions.buckets(S):
+    for bucket in permissions.all_buckets(S):
         await kv(out["operator"], bucket)
     try:
         yield out
@@ -259,7 +259,7 @@ def test_the_cli_with_operator_and_reader_credentials(server: Server, tmp_path: 
 
     async def services_started() -> None:  # membership and placement create the other buckets
         bus = await as_role(server, "placement")
-        for bucket in permissions.buckets(S):
+        for bucket in permissions.all_buckets(S):
             await kv(bus, bucket)
         await bus.close()
 
