@@ -64,13 +64,21 @@ class KVCache(Generic[T]):
             self.entries[key] = (revision, value)
 
     async def reread(self, key: str) -> T | None:
-        """Read ``key`` from the bucket itself (not the watch) into the cache, and return it."""
+        """Read ``key`` from the bucket itself (not the watch) into the cache, and return it.
+
+        Never older than the cache: the read may have raced a write the watch has delivered
+        meanwhile (the event that prompted the read goes out before its record is written), so
+        a key found missing is only forgotten by a deletion at least as new as what we hold."""
         try:
             entry = await self.bucket.get(key)
-        except KeyNotFoundError:  # deleted and purged keys too
-            self.entries.pop(key, None)
-            return None
+        except KeyNotFoundError as exc:  # deleted and purged keys too
+            deleted = getattr(exc, "entry", None)
+            if deleted is not None and (deleted.revision or 0) >= (self.revision(key) or 0):
+                self.entries.pop(key, None)
+            return self.get(key)
         revision = entry.revision or 0
+        if revision < (self.revision(key) or 0):
+            return self.get(key)
         if not entry.value:
             self.entries.pop(key, None)
             return None
@@ -81,9 +89,8 @@ class KVCache(Generic[T]):
             self.entries.pop(key, None)
             return None
         self.unreadable.pop(key, None)
-        if revision >= (self.revision(key) or 0):
-            self.entries[key] = (revision, value)
-        return self.get(key)
+        self.entries[key] = (revision, value)
+        return value
 
     async def run(self) -> None:
         """Watch forever; restart the watch if it dies (reconnects, server restarts)."""
