@@ -27,7 +27,7 @@ from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import AppStarted, AppStopped, NodeJoined, PlacementDecided
 from vigil.wire.records import AddressStatus, AppStatus, Intent, NodeRecord, Placement
 
-from .conftest import DEADLINE, Hearts, Services, group, make_spec, of, record
+from .conftest import DEADLINE, Hearts, Recorder, Services, group, make_spec, of, record
 from .test_membership import ProbedMembership
 
 NODES = ["n1", "n2", "n3"]
@@ -61,6 +61,17 @@ class Stage:
 
     async def placed(self, node: str | None, epoch: int, **fields: Any) -> None:
         await self.placement.put("g1", encode(Placement("g1", node, epoch, "test", **fields)))
+
+    async def running_on_n1(self, client: Client, tmp_path: Path) -> tuple[Recorder, AppStarted]:
+        """Every node up, g1 placed on n1 at epoch 3 with its address held there, and n1's
+        supervisor started on it: n1's app events, and g1's start."""
+        await self.up(*NODES)
+        await self.placed("n1", 3)
+        await self.held("n1", 3)
+        apps = await record(client, self.s.all_app_events("n1"))
+        sup = Supervisor(await self.services.bus("supervisor", "n1"), "n1", tmp_path)
+        self.services.spawn(sup.run(), "supervisor-n1")
+        return apps, await apps.expect(of(AppStarted, group="g1", epoch=3))
 
     async def held(self, node: str, epoch: int, held: bool = True) -> None:
         status = AddressStatus("g1", node, ADDRESS, held, epoch)
@@ -125,13 +136,7 @@ async def test_a_stop_whose_record_failed_to_be_written_is_recorded_all_the_same
     s = subjects
     flaky = FlakyPuts(monkeypatch, s.bucket_observed)
     stage = await Stage(services, s).open(spec())
-    await stage.up(*NODES)
-    await stage.placed("n1", 3)
-    await stage.held("n1", 3)
-    apps = await record(client, s.all_app_events("n1"))
-    sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path)
-    services.spawn(sup.run(), "supervisor-n1")
-    await apps.expect(of(AppStarted, group="g1", epoch=3))
+    apps, _ = await stage.running_on_n1(client, tmp_path)
     await record_comes(stage.observed, app_key("n1", "g1"), lambda a: a.running)
 
     flaky.armed = lambda key, status: key == app_key("n1", "g1") and not status.running
@@ -155,13 +160,7 @@ async def test_a_start_whose_record_failed_to_be_written_keeps_its_app_and_recor
     flaky = FlakyPuts(monkeypatch, s.bucket_observed)
     flaky.armed = lambda key, status: key == app_key("n1", "g1") and status.running
     stage = await Stage(services, s).open(spec())
-    await stage.up(*NODES)
-    await stage.placed("n1", 3)
-    await stage.held("n1", 3)
-    apps = await record(client, s.all_app_events("n1"))
-    sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path)
-    services.spawn(sup.run(), "supervisor-n1")
-    started = await apps.expect(of(AppStarted, group="g1", epoch=3))
+    apps, started = await stage.running_on_n1(client, tmp_path)
     stored = await record_comes(stage.observed, app_key("n1", "g1"), lambda a: a.running)
     assert flaky.refused and flaky.refused[0].running, flaky.refused
     assert (stored.epoch, stored.pid) == (3, started.pid), (stored, started)
@@ -174,13 +173,7 @@ async def test_a_stray_placement_event_with_a_big_epoch_changes_nothing(
 ) -> None:
     s = subjects
     stage = await Stage(services, s).open(spec())
-    await stage.up(*NODES)
-    await stage.placed("n1", 3)
-    await stage.held("n1", 3)
-    apps = await record(client, s.all_app_events("n1"))
-    sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path)
-    services.spawn(sup.run(), "supervisor-n1")
-    started = await apps.expect(of(AppStarted, group="g1", epoch=3))
+    apps, started = await stage.running_on_n1(client, tmp_path)
 
     stray = PlacementDecided(
         source="placement@nowhere", seq=1, ts=now(), group="g1", node=None, previous="n1",

@@ -64,7 +64,9 @@ class Supervisor(Reconciler):
         self.local_ban: dict[str, float] = {}  # group -> unix time: failed for good here
         self.tg: asyncio.TaskGroup | None = None
         self.want: dict[str, int] = {}  # the current batch's groups to run here, with epochs
-        self.meant: dict[str, AppStatus] = {}  # group -> what its record here must say
+        # group -> the record here whose write failed (the bucket electing a leader): written
+        # again by the reconcile until stored, unless a newer one is stored first
+        self.unwritten: dict[str, AppStatus] = {}
 
     def log_path(self, group: str) -> Path:
         return self.state_dir / "logs" / f"{group}.log"
@@ -230,12 +232,12 @@ class Supervisor(Reconciler):
         """Our app's record must say what we last meant it to: a write that failed (the bucket
         electing a leader) is written again, with the queue's backoff until it is stored. A
         record left saying "running" would keep every other node from starting the group."""
-        meant = self.meant.get(group)
-        if meant is not None and self.apps.get(app_key(self.node, group)) != meant:
-            log.info("%s: rewriting its app record (%s)", group, meant)
-            await self.write_status(meant)
-            if self.meant[group] is not meant:  # a newer one was meant meanwhile: not lost
-                self.mark(group)
+        status = self.unwritten.get(group)
+        if status is not None:
+            log.info("%s: writing its app record again (%s)", group, status)
+            await self.write_status(status)
+            if self.unwritten.get(group) is status:  # else a newer one failed meanwhile
+                del self.unwritten[group]
 
     async def after_batch(self) -> None:
         await self.announce_services()
@@ -343,13 +345,15 @@ class Supervisor(Reconciler):
         """Record it; a failed write is left to the reconcile (``repair_status``) to repeat, so
         a transient bus error neither stops a run nor loses the record."""
         status = AppStatus(group, self.node, running, epoch, pid, stop_failed)
-        self.meant[group] = status
+        # This write supersedes an older failed one: a repair may not send that one after it.
+        self.unwritten.pop(group, None)
         try:
             await self.write_status(status)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("%s: could not record its app (%s); retrying", group, exc)
+            self.unwritten[group] = status
             self.mark(group)
 
     async def write_status(self, status: AppStatus) -> None:
