@@ -409,6 +409,8 @@ def main() -> int:
                         keep_logs(lab, out.seed)
                         rebuilds += 1
                         break
+                    if out.converged_s > args.converge:
+                        keep_logs(lab, out.seed)  # late: what took the time
             finally:
                 checker.stop()
                 chaos.close()

@@ -24,7 +24,14 @@ from vigil.placement.service import PlacementService, release_bound
 from vigil.supervisor import service as supervisor_service
 from vigil.supervisor.service import Supervisor
 from vigil.wire.cluster import ClusterSpec
-from vigil.wire.events import AppStarted, AppStopped, NodeJoined, PlacementDecided
+from vigil.wire.events import (
+    AddressAcquired,
+    AddressReleased,
+    AppStarted,
+    AppStopped,
+    NodeJoined,
+    PlacementDecided,
+)
 from vigil.wire.records import AddressStatus, AppStatus, Intent, NodeRecord, Placement
 
 from .conftest import DEADLINE, Hearts, Recorder, Services, group, make_spec, of, record
@@ -301,3 +308,37 @@ async def test_a_garbage_node_record_does_not_stop_the_node_joining(
     await events.expect(of(NodeJoined, node="n1"))
     stored = await get_record(stage.nodes, "n1", NodeRecord)
     assert stored is not None and stored.state == "up"
+
+
+async def test_the_app_starts_on_its_address_service_s_word_while_the_record_cannot_be_stored(
+    client: Client, services: Services, subjects: Subjects, tmp_path: Path
+) -> None:
+    """The node we take over from may take a NATS server with it: the observed bucket then has
+    no leader for the 4-9 s of its election, and our address service's record of the address
+    it acquired cannot be stored. Its event (on our own node's subject, for the epoch the
+    placement bucket names) starts the app meanwhile; before, the app waited for the record,
+    clients refused for seconds. Its release stops the app as a record would."""
+    s = subjects
+    stage = await Stage(services, s).open(spec())
+    await stage.up(*NODES)
+    await stage.placed("n1", 3)
+    await stage.held("n1", 2, held=False)  # the record left from before: released at epoch 2
+    apps = await record(client, s.all_app_events("n1"))
+    sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path)
+    services.spawn(sup.run(), "supervisor-n1")
+
+    def said(kind: type[AddressAcquired | AddressReleased], epoch: int) -> bytes:
+        event = kind(
+            source="address@n1", seq=epoch, ts=now(), group="g1", node="n1", address=ADDRESS,
+            epoch=epoch,
+        )  # fmt: skip
+        return msgspec.json.encode(event)
+
+    # A word for an older epoch than the placement's starts nothing.
+    mark = apps.mark()
+    await client.publish(s.address("n1", "g1", "acquired"), said(AddressAcquired, 2))
+    await apps.none_within(of(AppStarted, group="g1"), since=mark, timeout=1.0)
+    await client.publish(s.address("n1", "g1", "acquired"), said(AddressAcquired, 3))
+    started = await apps.expect(of(AppStarted, group="g1", epoch=3))
+    await client.publish(s.address("n1", "g1", "released"), said(AddressReleased, 3))
+    await apps.expect(of(AppStopped, group="g1"), since=apps.after(started))

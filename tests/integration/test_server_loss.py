@@ -6,21 +6,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
 
+from vigil.core import status
 from vigil.core.bus import Bus, encode, kv, now
 from vigil.core.clusterconfig import store
 from vigil.core.kvcache import KVCache
 from vigil.core.subjects import Subjects
 from vigil.testing.server import NatsCluster
 from vigil.wire.events import NodeJoined, NodeLost
-from vigil.wire.records import NodeRecord
+from vigil.wire.records import NodeRecord, Placement
 
-from .conftest import Hearts, Services, make_spec, of, record
+from .conftest import Hearts, Services, group, make_spec, of, record
 from .test_membership import ProbedMembership
 
 # A server's death costs its clients a reconnect and JetStream a leader election (a few
@@ -194,5 +196,61 @@ async def test_a_cache_follows_its_bucket_when_its_watch_s_server_dies(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await watching.close()
+    finally:
+        await cli.close()
+
+
+async def test_status_answers_while_a_bucket_elects_a_leader(
+    cluster: NatsCluster, ours: Client, subjects: Subjects
+) -> None:
+    """``vigil status`` reads by direct gets, which any replica answers: with the server that
+    led the buckets dead, the operator sees where each group is placed and which nodes are up
+    before the 4-9 s of the election are over. Before, status timed out until they were."""
+    s = subjects
+    cli = await Bus.connect(cluster.urls, s, "cli", name="test", persistent=True)
+    try:
+        spec = make_spec(["n1", "n2"], [group("web1", "10.99.0.10/24", "n1", ["n2"])])
+        await store(cli, spec)
+        placement = await kv(cli, s.bucket_placement)
+        await placement.put("web1", encode(Placement("web1", "n2", 3, "the test")))
+        nodes = await kv(cli, s.bucket_nodes)
+        await nodes.put("n2", encode(NodeRecord("n2", "up", now())))
+        await kv(cli, s.bucket_observed)
+        stream = f"KV_{s.bucket_placement}"
+        # A follower starts answering direct gets on a periodic check (about 2 s after the
+        # stream was created): as in a running cluster, the buckets are older than that.
+        async with asyncio.timeout(FAILOVER_DEADLINE):
+            while True:
+                info = await ours.jetstream().stream_info(stream)
+                if now() - info.created >= timedelta(seconds=3):
+                    break
+                await asyncio.sleep(0.2)
+        old = await leader_of(ours, stream)
+        cluster.kill(old)
+
+        async def read() -> status.StatusView:
+            while True:
+                try:
+                    return await status.read(cli)
+                except Exception:  # our own connection moving to a server left
+                    await asyncio.sleep(0.1)
+
+        async def elected() -> str:
+            while True:
+                leader = await leader_of(ours, stream)
+                if leader != old:
+                    return leader
+                await asyncio.sleep(0.1)  # not yet seen gone
+
+        reading, electing = asyncio.create_task(read()), asyncio.create_task(elected())
+        done, _ = await asyncio.wait(
+            {reading, electing}, timeout=FAILOVER_DEADLINE, return_when=asyncio.FIRST_COMPLETED
+        )
+        assert reading in done, "status answered only once a new leader was elected"
+        electing.cancel()
+        view = reading.result()
+        web1 = view.group("web1")
+        assert web1 is not None and (web1.node, web1.epoch) == ("n2", 3)
+        assert [(n.name, n.state) for n in view.nodes] == [("n1", "lost"), ("n2", "up")]
     finally:
         await cli.close()

@@ -26,7 +26,7 @@ class FlakyJetStream:
 
 class FakeBus:
     def __init__(self, js: FlakyJetStream) -> None:
-        self.js = js
+        self.js = self.js_quick = js
         self.denied: list[str] = []  # permission violations the server reported
 
 
@@ -39,7 +39,8 @@ async def test_kv_retries_timeouts_and_unavailable(monkeypatch: pytest.MonkeyPat
         [nats.errors.TimeoutError(), ServiceUnavailableError(), nats.errors.TimeoutError()]
     )
     fake: Any = FakeBus(js)
-    assert await bus_mod.kv(fake, "vigil_nodes") == "bucket vigil_nodes"
+    handle = await bus_mod.kv(fake, "vigil_nodes")
+    assert (handle._name, handle._direct) == ("vigil_nodes", False)  # a service reads the leader
     assert js.calls == 4
 
 

@@ -144,7 +144,8 @@ class Bus:
 
     def __init__(self, nc: Client, subjects: Subjects, source: str) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream()
+        self.js: JetStreamContext = nc.jetstream(timeout=JS_TIMEOUT)
+        self.js_quick: JetStreamContext = nc.jetstream(timeout=QUICK_TIMEOUT)
         self.subjects = subjects
         self.source = source
         self.dropped: Counter[str] = Counter()
@@ -363,6 +364,13 @@ def replicas() -> int:
     return int(os.environ.get("VIGIL_REPLICAS", "1"))
 
 
+# A JetStream request unanswered for this long is a stream without a leader (nats-server elects
+# a new one 4-9 s after the old one died): failing sooner than the client's 5 s default lets the
+# caller's retry land soon after the election instead of up to 5 s later.
+JS_TIMEOUT = 2.0
+# Opening a bucket and reading for the operator: one round trip, answered in milliseconds when
+# there is a leader (or any replica, for a direct get); retried, not waited on.
+QUICK_TIMEOUT = 1.0
 KV_OPEN_DEADLINE = 120.0  # seconds a service keeps trying to open a bucket before it gives up
 
 
@@ -399,15 +407,15 @@ async def until_elected(call: Callable[[], Awaitable[T]], what: str, bus: Bus) -
                 raise
             log.warning("%s not available yet (%r); retrying in %.1fs", what, exc, pause)
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)
+            pause = min(pause * 2, 1.0)  # an election ends at once for everyone: ask again soon
 
 
 async def _open_kv(bus: Bus, bucket: str, history: int, copies: int | None) -> KeyValue:
     try:
-        return await bus.js.key_value(bucket)
+        await bus.js_quick.key_value(bucket)  # it exists (and has a leader): one quick round trip
     except (BucketNotFoundError, NotFoundError):
         try:
-            return await bus.js.create_key_value(
+            await bus.js.create_key_value(
                 KeyValueConfig(
                     bucket=bucket,
                     history=history,
@@ -415,10 +423,32 @@ async def _open_kv(bus: Bus, bucket: str, history: int, copies: int | None) -> K
                     replicas=copies or replicas(),
                     max_value_size=bus.nc.max_payload,  # the largest message it could take
                     max_bytes=BUCKET_BYTES,
+                    direct=True,  # any replica answers a reader's get: see replica_reader
                 )
             )
         except Exception:
-            return await bus.js.key_value(bucket)  # lost a creation race: use the winner's
+            await bus.js_quick.key_value(bucket)  # lost a creation race: use the winner's
+    # A service reads from the stream's leader (never behind its own writes), even where the
+    # bucket allows direct gets from any replica.
+    return _handle(bus, bucket, direct=False)
+
+
+def _handle(bus: Bus, bucket: str, direct: bool) -> KeyValue:
+    return KeyValue(
+        name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=bus.js, direct=direct
+    )
+
+
+def replica_reader(bus: Bus, bucket: str, direct: bool = True) -> KeyValue:
+    """A handle for an operator's reads (``vigil status``) answered by any replica of the
+    bucket, so they work while JetStream elects a new leader after a server died. A replica may
+    lag its leader by the last few writes: fine for a view, never for a decision. Opening it
+    costs no round trip (stream info needs the leader). Its gets fail with no responders while
+    the connection moves to another server, and always for a bucket created before direct gets
+    were allowed: ``direct=False`` gives the same handle reading the leader."""
+    return KeyValue(
+        name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=bus.js_quick, direct=direct
+    )
 
 
 async def ensure_stream(bus: Bus, copies: int | None = None) -> None:

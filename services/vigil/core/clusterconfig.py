@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 class ConfigSource:
     """Holds the latest valid spec; an invalid stored spec is logged and the old one kept."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, bucket: KeyValue | None = None) -> None:
         self.bus = bus
         self.spec: ClusterSpec | None = None
         self.revision = 0
-        self._bucket: KeyValue | None = None
+        self._bucket = bucket  # a reader may bring its own handle (``replica_reader``)
 
     async def bucket(self) -> KeyValue:
         if self._bucket is None:

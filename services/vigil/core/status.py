@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
 from vigil.wire.cluster import ClusterSpec
 from vigil.wire.records import AddressStatus, AppStatus, Mode, NodeRecord, Placement, StrayNode
 
-from .bus import Bus, all_records, kv
+from .bus import ELECTING, QUICK_TIMEOUT, Bus, all_records, get_record, replica_reader
 from .clusterconfig import ConfigSource
 from .stray import fresh, listed
 from .subjects import address_key, app_key
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", bound=msgspec.Struct)
 
 
 class NodeView(msgspec.Struct):
@@ -104,18 +109,51 @@ def build(
 
 
 async def read(bus: Bus) -> StatusView:
+    """The view, from direct gets any replica answers (``replica_reader``): it reads while
+    JetStream elects a new leader after a server died, when a leader read would time out.
+
+    Only the keys the view needs are read, each named by the cluster file: a node's record, a
+    group's placement, and the address and app records of the node it is placed on. Listing a
+    bucket's keys needs the leader: only the stray list does, and it is left empty (logged)
+    while there is none."""
+    for pause in DIRECT_RETRIES:
+        try:
+            return await _read(bus, direct=True)
+        except ELECTING:  # our connection moving to another server: ask again
+            await asyncio.sleep(pause)
+    return await _read(bus, direct=False)  # buckets created before direct gets were allowed
+
+
+DIRECT_RETRIES = (0.1, 0.2, 0.4)  # a reconnect takes well under a second
+
+
+async def _read(bus: Bus, direct: bool) -> StatusView:
     s = bus.subjects
-    source = ConfigSource(bus)
+    source = ConfigSource(bus, replica_reader(bus, s.bucket_config, direct))
     await source.refresh(strict=True)
-    observed = await kv(bus, s.bucket_observed)
-    return build(
-        source.spec,
-        await all_records(await kv(bus, s.bucket_nodes), NodeRecord),
-        await all_records(await kv(bus, s.bucket_placement), Placement),
-        await all_records(observed, AddressStatus, "address."),
-        await all_records(observed, AppStatus, "app."),
-        await all_records(observed, StrayNode, "stray."),
-    )
+    spec = source.spec
+    if spec is None:
+        return build(None, {}, {}, {}, {})
+
+    async def each(bucket: str, keys: list[str], kind: type[T]) -> dict[str, T]:
+        handle = replica_reader(bus, bucket, direct)
+        got = await asyncio.gather(*(get_record(handle, k, kind) for k in keys))
+        return {k: r for k, r in zip(keys, got, strict=True) if r is not None}
+
+    nodes = await each(s.bucket_nodes, [n.name for n in spec.nodes], NodeRecord)
+    placements = await each(s.bucket_placement, [g.name for g in spec.groups], Placement)
+    placed = [(p.node, g) for g, p in placements.items() if p.node is not None]
+    addresses = await each(s.bucket_observed, [address_key(n, g) for n, g in placed], AddressStatus)
+    apps = await each(s.bucket_observed, [app_key(n, g) for n, g in placed], AppStatus)
+    try:
+        strays = await asyncio.wait_for(
+            all_records(replica_reader(bus, s.bucket_observed, False), StrayNode, "stray."),
+            QUICK_TIMEOUT,
+        )
+    except (TimeoutError, *ELECTING) as exc:
+        log.info("stray services not listed: %r (the observed bucket has no leader now)", exc)
+        strays = {}
+    return build(spec, nodes, placements, addresses, apps, strays)
 
 
 def render_table(view: StatusView) -> str:

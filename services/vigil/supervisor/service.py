@@ -67,6 +67,11 @@ class Supervisor(Reconciler):
         # group -> the record here whose write failed (the bucket electing a leader): written
         # again by the reconcile until stored, unless a newer one is stored first
         self.unwritten: dict[str, AppStatus] = {}
+        # group -> epoch our own node's address service said it acquired the address at (its
+        # event on this node's subject), until it says released or a newer record is stored:
+        # the record may not be storable for a while (the bucket electing a leader after a
+        # NATS server died with the node we take over from), and the app must not wait for it
+        self.acquired: dict[str, int] = {}
 
     def log_path(self, group: str) -> Path:
         return self.state_dir / "logs" / f"{group}.log"
@@ -148,6 +153,11 @@ class Supervisor(Reconciler):
     async def on_address(self, event: AddressAcquired | AddressReleased) -> None:
         # Our own node's address service says it released the address (it records it right
         # after): the halt method's last step is done. Before the re-read, which may fail.
+        if event.node == self.node:
+            if isinstance(event, AddressAcquired):
+                self.acquired[event.group] = event.epoch
+            elif self.acquired.get(event.group, 0) <= event.epoch:
+                self.acquired.pop(event.group, None)
         if isinstance(event, AddressReleased) and event.group in self.pending_down:
             # Halt method, last step: the address is gone, so the service is down here.
             epoch = self.pending_down.pop(event.group)
@@ -182,14 +192,11 @@ class Supervisor(Reconciler):
         out: dict[str, int] = {}
         for group in spec.groups:
             placement = self.placements.get(group.name)
-            address = self.addresses.get(address_key(self.node, group.name))
             intent = self.intents.get(group.name)
             if (
                 placement is not None
                 and placement.node == self.node
-                and address is not None
-                and address.held
-                and address.epoch == placement.epoch
+                and self.held_here(group.name, placement.epoch)
                 and (intent is None or intent.admin == "run")
                 # address-only: away from its preferred node the group only holds the address,
                 # so clients are refused at once and go to another instance of the service
@@ -198,6 +205,15 @@ class Supervisor(Reconciler):
             ):
                 out[group.name] = placement.epoch
         return out
+
+    def held_here(self, group: str, epoch: int) -> bool:
+        """Our address service holds ``group``'s address at ``epoch``: its stored record says
+        so, or (the record not stored yet) its event did and no newer record says otherwise."""
+        address = self.addresses.get(address_key(self.node, group))
+        if address is not None and address.epoch >= self.acquired.get(group, 0):
+            self.acquired.pop(group, None)  # the record caught up: it is the truth again
+            return address.held and address.epoch == epoch
+        return self.acquired.get(group) == epoch
 
     def running_elsewhere(self, group: str) -> str | None:
         """A live node whose app of ``group`` has not confirmed its stop: never two at once. A
