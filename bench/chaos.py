@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -54,6 +55,7 @@ GROUPS = 4
 ROUND = 0.02  # the ARP checker's round: a who-has for every address every 20 ms
 ETH_P_ARP = 0x0806
 PACKET_OUTGOING = 4
+LIMIT = 30.0  # seconds after the last heal: a schedule not converged by then is stuck
 
 
 # -- schedules (pure: a seed in, the same faults out) ----------------------------------------------
@@ -244,7 +246,7 @@ class Chaos:
         out.overlaps = checker.overlaps[first:]
         return out
 
-    def wait_converged(self, since: float, limit: float = 30.0) -> tuple[float | None, str]:
+    def wait_converged(self, since: float, limit: float = LIMIT) -> tuple[float | None, str]:
         """Seconds until the wire agrees with the status (None: not within ``limit``), and
         the last disagreement seen (what took the time)."""
         enabled: set[str] = set()
@@ -368,36 +370,43 @@ def keep_logs(lab: Lab, seed: int) -> None:
     print(f"seed {seed}: logs kept in {kept}", flush=True)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--schedules", type=int, default=200)
-    parser.add_argument("--converge", type=float, default=5.0, help="seconds allowed after heal")
-    parser.add_argument("--out", type=Path, default=Path("docs/reliability.md"))
-    parser.add_argument("--prefix", default="vchaos")
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the report and lab down still run
-    lab = Lab(args.prefix)
+@dataclass
+class Run:
+    """Every schedule's outcome, the MAC -> node map for the report, and the rebuilds."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    macs: dict[str, str] = field(default_factory=dict)
+    rebuilds: int = 0
+
+    def failed(self, converge: float) -> list[Outcome]:
+        return [
+            o
+            for o in self.outcomes
+            if o.overlaps or o.error or o.converged_s is None or o.converged_s > converge
+        ]
+
+
+def run_schedules(lab: Lab, seeds: Iterable[int], converge: float, run: Run) -> Run:
+    """Run the schedules ``seeds`` on ``lab`` (brought up here, and down when done), adding
+    each outcome to ``run`` as it comes."""
     spec = generated(NODES, groups=GROUPS)
     vips = [str(IPv4Interface(g.address).ip) for g in spec.groups]
-    outcomes: list[Outcome] = []
-    macs: dict[str, str] = {}
-    rebuilds = 0
-    seed = args.seed
+    todo = iter(seeds)
+    seed = next(todo, None)
     try:
-        while seed < args.seed + args.schedules:
+        while seed is not None:
             # A fresh lab, and a new one after every schedule that did not converge: each
             # schedule starts from a healthy cluster, so one failure is not counted twice.
             lab.down()
             state = lab.up(spec)
-            macs.update({mac(state.ns(n)): n for n in state.nodes})
-            chaos = Chaos(lab, state, args.converge)
+            run.macs.update({mac(state.ns(n)): n for n in state.nodes})
+            chaos = Chaos(lab, state, converge)
             checker = ArpChecker(state.ns("client"), vips)
             try:
-                while seed < args.seed + args.schedules:
+                while seed is not None:
                     out = chaos.run(seed, checker)
-                    outcomes.append(out)
-                    seed += 1
+                    run.outcomes.append(out)
+                    seed = next(todo, None)
                     took = "never" if out.converged_s is None else f"{out.converged_s:.2f}s"
                     flag = " OVERLAP" if out.overlaps else ""
                     print(
@@ -407,21 +416,35 @@ def main() -> int:
                     )
                     if out.converged_s is None or out.error:
                         keep_logs(lab, out.seed)
-                        rebuilds += 1
+                        run.rebuilds += 1
                         break
-                    if out.converged_s > args.converge:
+                    if out.converged_s > converge:
                         keep_logs(lab, out.seed)  # late: what took the time
             finally:
                 checker.stop()
                 chaos.close()
     finally:
-        args.out.write_text(report(outcomes, args.seed, args.converge, macs))
         lab.down()
-    print(f"report: {args.out} (the lab was rebuilt {rebuilds} times)")
-    failed = any(
-        o.overlaps or o.converged_s is None or o.converged_s > args.converge for o in outcomes
-    )
-    return 1 if failed else 0
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--schedules", type=int, default=200)
+    parser.add_argument("--converge", type=float, default=5.0, help="seconds allowed after heal")
+    parser.add_argument("--out", type=Path, default=Path("docs/reliability.md"))
+    parser.add_argument("--prefix", default="vchaos")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the report and lab down still run
+    run = Run()
+    try:
+        seeds = range(args.seed, args.seed + args.schedules)
+        run_schedules(Lab(args.prefix), seeds, args.converge, run)
+    finally:
+        args.out.write_text(report(run.outcomes, args.seed, args.converge, run.macs))
+    print(f"report: {args.out} (the lab was rebuilt {run.rebuilds} times)")
+    return 1 if run.failed(args.converge) else 0
 
 
 if __name__ == "__main__":

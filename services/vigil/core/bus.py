@@ -352,8 +352,11 @@ class Bus:
 # Byte limits on what the bus stores, so a flood cannot fill the servers' disks. Buckets have
 # no age limit: their records are the cluster's state, not history.
 # A full bucket refuses new writes (KV discards new), so the bound is generous: it stops a
-# flood of keys from filling the disk long before Vigil's own state could reach it.
-BUCKET_BYTES = 1024 * 1024 * 1024
+# flood of keys from filling the disk long before Vigil's own state could reach it (10,000
+# groups take under 10 MB a bucket). JetStream reserves each stream's limit against the server's
+# store (75% of the free disk by default): at 1 GiB a bucket a cluster reserved 6.3 GB, and
+# servers on small volumes refused to create the buckets ("insufficient storage resources").
+BUCKET_BYTES = 128 * 1024 * 1024
 MAX_EVENT = 64 * 1024  # events are a few hundred bytes; larger is garbage, refused by the stream
 STREAM_BYTES = 256 * 1024 * 1024  # with max_age (7 days): the oldest history goes first
 
