@@ -67,11 +67,13 @@ class Supervisor(Reconciler):
         # group -> the record here whose write failed (the bucket electing a leader): written
         # again by the reconcile until stored, unless a newer one is stored first
         self.unwritten: dict[str, AppStatus] = {}
-        # group -> epoch our own node's address service said it acquired the address at (its
-        # event on this node's subject), until it says released or a newer record is stored:
-        # the record may not be storable for a while (the bucket electing a leader after a
-        # NATS server died with the node we take over from), and the app must not wait for it
-        self.acquired: dict[str, int] = {}
+        # group -> what our own node's address service last said of the address (its event on
+        # this node's subject): (held, epoch, the revision of its record we had then). Its
+        # record may not be storable for a while (the bucket electing a leader after a NATS
+        # server died with the node we take over from): the app must not wait for an
+        # acquisition's record, nor start on a record a release could not overwrite. A record
+        # stored after the word (a newer revision) is the truth again.
+        self.said: dict[str, tuple[bool, int, int]] = {}
 
     def log_path(self, group: str) -> Path:
         return self.state_dir / "logs" / f"{group}.log"
@@ -154,10 +156,9 @@ class Supervisor(Reconciler):
         # Our own node's address service says it released the address (it records it right
         # after): the halt method's last step is done. Before the re-read, which may fail.
         if event.node == self.node:
-            if isinstance(event, AddressAcquired):
-                self.acquired[event.group] = event.epoch
-            elif self.acquired.get(event.group, 0) <= event.epoch:
-                self.acquired.pop(event.group, None)
+            revision = self.addresses.revision(address_key(self.node, event.group)) or 0
+            held = isinstance(event, AddressAcquired)
+            self.said[event.group] = (held, event.epoch, revision)
         if isinstance(event, AddressReleased) and event.group in self.pending_down:
             # Halt method, last step: the address is gone, so the service is down here.
             epoch = self.pending_down.pop(event.group)
@@ -207,13 +208,16 @@ class Supervisor(Reconciler):
         return out
 
     def held_here(self, group: str, epoch: int) -> bool:
-        """Our address service holds ``group``'s address at ``epoch``: its stored record says
-        so, or (the record not stored yet) its event did and no newer record says otherwise."""
-        address = self.addresses.get(address_key(self.node, group))
-        if address is not None and address.epoch >= self.acquired.get(group, 0):
-            self.acquired.pop(group, None)  # the record caught up: it is the truth again
-            return address.held and address.epoch == epoch
-        return self.acquired.get(group) == epoch
+        """Our address service holds ``group``'s address at ``epoch``: by the newer of its
+        last word and its stored record."""
+        key = address_key(self.node, group)
+        said = self.said.get(group)
+        if said is not None and (self.addresses.revision(key) or 0) <= said[2]:
+            held, at, _ = said
+            return held and at == epoch
+        self.said.pop(group, None)  # a record stored since: the truth again
+        address = self.addresses.get(key)
+        return address is not None and address.held and address.epoch == epoch
 
     def running_elsewhere(self, group: str) -> str | None:
         """A live node whose app of ``group`` has not confirmed its stop: never two at once. A
