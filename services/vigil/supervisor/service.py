@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 from nats.aio.msg import Msg
@@ -39,6 +39,7 @@ from ..core.bus import Bus, encode, kv
 from ..core.reconciler import Reconciler, group_of
 from ..core.stray import wait_until_listed
 from ..core.subjects import address_key, app_key
+from .bindable import LocalAddresses, local_addresses
 from .lifecycle import GroupRun
 from .restarts import RestartTracker
 from .watchdog import Watchdog
@@ -49,9 +50,17 @@ LOG_TAIL = 64 * 1024  # bytes of a group's log that `vigil logs` gets
 
 
 class Supervisor(Reconciler):
-    def __init__(self, bus: Bus, node: str, state_dir: Path) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        node: str,
+        state_dir: Path,
+        addresses_here: LocalAddresses = local_addresses,
+    ) -> None:
         super().__init__(bus)
         self.node = node
+        self.addresses_here = addresses_here
+        self.here: set[IPv4Address] | None = None  # the batch's kernel addresses (None: unknown)
         self.state_dir = state_dir
         self.runs: dict[str, GroupRun] = {}
         self.trackers: dict[str, RestartTracker] = {}
@@ -165,6 +174,16 @@ class Supervisor(Reconciler):
             await self.service_down(event.group, epoch, self.down_reason.get(event.group, "user"))
         try:
             await self.addresses.reread(address_key(self.node, event.group))
+            placement = self.placements.get(event.group)
+            if (
+                event.node == self.node
+                and isinstance(event, AddressAcquired)
+                and (placement is None or placement.epoch < event.epoch)
+            ):
+                # Acquired for a decision our cache has not seen: the address service read it
+                # from the bucket, while our watch may lag for seconds after a leader election
+                # (the app waited 11 s in a chaos run). The bucket's word, not the event's.
+                await self.placements.reread(event.group)
         finally:
             self.mark(event.group)
 
@@ -198,6 +217,7 @@ class Supervisor(Reconciler):
                 placement is not None
                 and placement.node == self.node
                 and self.held_here(group.name, placement.epoch)
+                and self.bindable(group.address)
                 and (intent is None or intent.admin == "run")
                 # address-only: away from its preferred node the group only holds the address,
                 # so clients are refused at once and go to another instance of the service
@@ -206,6 +226,10 @@ class Supervisor(Reconciler):
             ):
                 out[group.name] = placement.epoch
         return out
+
+    def bindable(self, address: str) -> bool:
+        """The address is on this node (the kernel's word; if it cannot be read: yes)."""
+        return self.here is None or IPv4Interface(address).ip in self.here
 
     def held_here(self, group: str, epoch: int) -> bool:
         """Our address service holds ``group``'s address at ``epoch``: by the newer of its
@@ -234,6 +258,11 @@ class Supervisor(Reconciler):
         return super().keys() | set(self.runs)
 
     async def prepare(self) -> None:
+        try:
+            self.here = await asyncio.to_thread(self.addresses_here)
+        except Exception as exc:  # netlink failed: the records alone decide, as before
+            log.warning("could not list this node's addresses (%s)", exc)
+            self.here = None
         self.want = self.wanted()
 
     async def reconcile_key(self, key: str) -> None:
