@@ -26,6 +26,11 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CONSUMER_CHECK = 1.0  # seconds between checks that the watch's consumer still exists
+# Seconds a watch's consumer outlives its subscriber. nats-py's default is 5 minutes: every
+# restarted watch (each reconnect, each server death) left its consumer behind that long, and
+# a long chaos run piled up 2,500 of them until creating one more failed ('maximum consumers
+# limit reached') and the caches went stale for good. A stopped watch also deletes its own.
+WATCH_IDLE = 10.0
 
 
 class KVCache(Generic[T]):
@@ -45,6 +50,7 @@ class KVCache(Generic[T]):
         self.entries: dict[str, tuple[int, T]] = {}
         self.unreadable: dict[str, int] = {}  # key -> revision of a record that did not decode
         self.ready = asyncio.Event()
+        self.watcher: KeyValue.KeyWatcher | None = None  # the current watch
         self._decoder = msgspec.json.Decoder(kind)
 
     def get(self, key: str) -> T | None:
@@ -110,7 +116,8 @@ class KVCache(Generic[T]):
         """One watch, until it fails or the connection was re-established: the server side of
         a watch does not survive a server restart, and nats-py would notice only after its
         idle heartbeats went missing (10 s or more), leaving the cache stale meanwhile."""
-        watcher = await self.bucket.watch(self.keys)
+        watcher = await self.bucket.watch(self.keys, inactive_threshold=WATCH_IDLE)
+        self.watcher = watcher
         try:
             async with asyncio.TaskGroup() as tg:
                 guards = [
@@ -123,6 +130,16 @@ class KVCache(Generic[T]):
         finally:
             with contextlib.suppress(nats.errors.Error):  # stopped already (a reconnect)
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py lacks a hint
+            await self._delete_consumer(watcher)
+
+    async def _delete_consumer(self, watcher: KeyValue.KeyWatcher) -> None:
+        """Best effort: its server may be dead (then ``WATCH_IDLE`` ends it)."""
+        sub = watcher._sub
+        stream, name = getattr(sub, "_stream", None), getattr(sub, "_consumer", None)
+        if not stream or not name or (self.connection and not self.connection.is_connected):
+            return
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            await asyncio.wait_for(self.bucket._js.delete_consumer(stream, name), CONSUMER_CHECK)
 
     async def _stop_on_reconnect(self, watcher: KeyValue.KeyWatcher) -> None:
         reconnects = self._reconnects()
