@@ -59,3 +59,17 @@ def test_enable_on_a_placed_group_keeps_its_epoch() -> None:
     snap = Snapshot(SPEC, UP, cur, {}, intents={"g1": Intent("g1", enable_id=1)})
     (p,) = decide(snap)
     assert (p.node, p.epoch, p.switching, p.enable_id) == ("n3", 9, True, 1)
+
+
+def test_a_replica_that_has_not_heard_of_the_node_yet_does_not_move_its_group() -> None:
+    """Two replicas start: one sees n2 join and places g1 there; the other, whose node cache
+    has no record of n2 yet, must not read that as 'n2 lost' and fail the group over to the
+    last node of its list with switching disabled (the compose test, once)."""
+    cur = {"g1": Placement("g1", "n2", 1)}
+    assert decide(Snapshot(SPEC, {"n1"}, cur, {}, settled=False)) == []
+    # Once settled, a node that never said hello is lost.
+    (p,) = decide(Snapshot(SPEC, {"n1"}, cur, {}, settled=True))
+    assert (p.node, p.epoch) == ("n1", 2) and "node n2 lost" in p.reason
+    # A node declared lost is lost at once, settled or not.
+    (p,) = decide(Snapshot(SPEC, {"n1", "n3"}, cur, {}, settled=False, lost_incarnations={"n2": 1}))
+    assert p.node == "n3" and "node n2 lost" in p.reason

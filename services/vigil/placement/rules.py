@@ -176,6 +176,10 @@ def _decide_group(group: Group, snap: Snapshot) -> Change | tuple[str | None, st
                 else f"node {node} is no longer in the group's list"
             )
             return None, why
+        if node not in snap.lost_incarnations and not snap.settled:
+            # No record of the node here yet, just started: another replica placed the group
+            # on it because it saw the node up, and our cache has not caught up. Not lost.
+            return None
         if not switching:
             return None, f"node {node} lost; switching is disabled: the group stays halted"
         lost = (node, snap.lost_incarnations.get(node, cur.incarnation if cur else 0))
