@@ -100,6 +100,9 @@ PUBLISH = {
     "kv config": kv_subject(S.bucket_config, "cluster"),
     "kv intents": kv_subject(S.bucket_intents, "web1"),
     "kv nodes": kv_subject(S.bucket_nodes, "n1"),
+    "kv leases": kv_subject(S.bucket_leases, "n1"),
+    "move the leases leader": f"$JS.API.STREAM.LEADER.STEPDOWN.KV_{S.bucket_leases}",
+    "move the nodes leader": f"$JS.API.STREAM.LEADER.STEPDOWN.KV_{S.bucket_nodes}",
     "kv placement": kv_subject(S.bucket_placement, "web1"),
     "kv services": kv_subject(S.bucket_services, "web"),
     "kv fencing": kv_subject(S.bucket_fencing, "n1.3"),
@@ -120,7 +123,7 @@ MAY_PUBLISH = {
         "kv observed address n1",
         "kv observed app n1",
     },
-    "membership": {"node lost", "kv nodes"},
+    "membership": {"node lost", "kv nodes", "kv leases", "move the leases leader"},
     "placement": {
         "placement decided",
         "alert",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -127,6 +128,94 @@ async def test_live_nodes_are_not_declared_lost_while_the_nodes_bucket_elects_a_
         cluster.kill(await leader_of(ours, f"KV_{s.bucket_nodes}"))
         await leader_of(ours, f"KV_{s.bucket_nodes}")  # elected again
         await rec.none_within(of(NodeLost), since=mark, timeout=4.0)
+    finally:
+        await svc.aclose()
+
+
+async def lead_on(nc: Client, stream: str, server: str) -> None:
+    """Move ``stream``'s leader to ``server`` (a stepdown with a preferred successor)."""
+    async with asyncio.timeout(FAILOVER_DEADLINE):
+        while await leader_of(nc, stream) != server:
+            body = b'{"placement": {"preferred": "%s"}}' % server.encode()
+            with contextlib.suppress(nats.errors.Error):
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=2.0)
+            await asyncio.sleep(0.2)  # the new leader takes a moment to be known
+
+
+async def test_grants_go_on_through_the_leases_bucket_while_the_nodes_bucket_elects(
+    cluster: NatsCluster, ours: Client, subjects: Subjects
+) -> None:
+    """Grants are stored in either of two buckets, and membership keeps their leaders on
+    different servers: the death of the server leading ``nodes`` (a 4-9 s election) leaves
+    every node's fence renewed by ``leases``. Before, every fence in the cluster lapsed."""
+    s = subjects
+    svc = Services(cluster.urls[0], s)
+    heartbeat, lease = 0.2, 2.0
+    fence = lease - 2 * heartbeat
+    try:
+        cli = await Bus.connect(cluster.urls, s, "cli", name="test", persistent=False)
+        svc.buses.append(cli)
+        await kv(cli, s.bucket_nodes)
+        await kv(cli, s.bucket_leases)
+        # Both leaders on one server: membership must move one of them.
+        both = await leader_of(ours, f"KV_{s.bucket_nodes}")
+        await lead_on(ours, f"KV_{s.bucket_leases}", both)
+        await store(cli, make_spec(["n1", "n2"], heartbeat="200ms", lease="2s"))
+        rec = await record(ours, s.all_node_events)
+        for i in range(2):
+            bus = await Bus.connect(cluster.urls, s, "membership", name=f"m{i + 1}")
+            svc.buses.append(bus)
+            svc.spawn(ProbedMembership(bus).run(), f"membership-m{i + 1}")
+        async with asyncio.timeout(FAILOVER_DEADLINE):
+            while True:  # polling the servers: there is no event for a leader's move
+                doomed = await leader_of(ours, f"KV_{s.bucket_nodes}")
+                if doomed != await leader_of(ours, f"KV_{s.bucket_leases}"):
+                    break
+                await asyncio.sleep(0.2)
+        # The nodes' agents, on a server that survives: each heartbeat asks for a lease.
+        url = next(u for n, u in zip(cluster.names, cluster.urls, strict=True) if n != doomed)
+        agents = await nats.connect(url, name="agents")
+        loop = asyncio.get_running_loop()
+        granted: dict[str, list[float]] = {"n1": [], "n2": []}
+        hearts = Hearts(agents, s)
+
+        async def beat(node: str) -> None:
+            while True:
+                started = loop.time()
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    await agents.request(s.heartbeat(node), hearts.beat(node), timeout=heartbeat)
+                    granted[node].append(started)
+                await asyncio.sleep(max(0.0, started + heartbeat - loop.time()))
+
+        for node in granted:
+            svc.spawn(beat(node), f"agent-{node}")
+        try:
+            await rec.expect(of(NodeJoined, node="n1"))
+            await rec.expect(of(NodeJoined, node="n2"))
+            # Both buckets hold the nodes' incarnation before the kill.
+            leased = await kv(cli, s.bucket_leases)
+            async with asyncio.timeout(FAILOVER_DEADLINE):
+                while True:
+                    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                        if all([await leased.get(n) for n in granted]):
+                            break
+                    await asyncio.sleep(0.1)
+            mark = rec.mark()
+            killed = loop.time()
+            cluster.kill(doomed)
+            await leader_of(ours, f"KV_{s.bucket_nodes}")  # elected again
+            elected = loop.time()
+            await rec.none_within(of(NodeLost), since=mark, timeout=lease)
+            print(f"\nthe nodes bucket elected a leader in {elected - killed:.2f} s")
+            for node, times in granted.items():
+                window = [t for t in times if killed - fence <= t <= elected + fence]
+                gaps = [b - a for a, b in itertools.pairwise(window)]
+                assert window and window[0] <= killed and window[-1] >= elected, (node, window)
+                print(f"{node}: longest wait between grants {max(gaps):.2f} s")
+                # The fence a grant gives lasts ``fence``: a longer gap lets it lapse.
+                assert max(gaps) < fence, f"{node}: no grant for {max(gaps):.2f} s"
+        finally:
+            await agents.close()
     finally:
         await svc.aclose()
 

@@ -25,6 +25,7 @@ def render() -> dict[str, str]:
     _, components = msgspec.json.schema_components(
         (
             records.NodeRecord,
+            records.LeaseRecord,
             records.Placement,
             records.AddressStatus,
             records.AppStatus,

@@ -23,6 +23,19 @@ class NodeRecord(msgspec.Struct, frozen=True):
     incarnation: int = 0  # grows by one each time the node (re)joins
 
 
+class LeaseRecord(msgspec.Struct, frozen=True):
+    """Bucket ``leases``, key = node name: the second place a node's lease may be granted, so
+    that one stream's leader election (after a NATS server died) does not let every fence
+    lapse. Written by membership with a compare-and-set. A lease is granted here only for the
+    incarnation ``nodes`` established; ``revoked`` is final for that incarnation, and is written
+    before the node is declared lost in ``nodes`` (docs/safety.md, "Two lease buckets")."""
+
+    name: str
+    incarnation: int
+    granted_until: datetime
+    revoked: bool = False
+
+
 class Placement(msgspec.Struct, frozen=True):
     """Bucket ``placement``, key = group name. Written by placement with a compare-and-set.
 

@@ -102,6 +102,10 @@ class Subjects:
         return f"{self.root}_nodes"
 
     @property
+    def bucket_leases(self) -> str:
+        return f"{self.root}_leases"
+
+    @property
     def bucket_placement(self) -> str:
         return f"{self.root}_placement"
 

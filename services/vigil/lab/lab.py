@@ -26,6 +26,7 @@ from ..core.clusterconfig import store
 from ..core.credentials import Credentials
 from ..core.subjects import Subjects
 from ..secure import bundle as bundle_mod
+from ..secure import permissions
 from ..secure.serverconf import member_conf
 from . import keeper
 from .netns import LabError, exec_in, ip, namespaces, pids_in
@@ -351,8 +352,9 @@ class Lab:
         bus = await self.connect(state, "lab")
         try:
             s = bus.subjects
-            buckets = (s.bucket_nodes, s.bucket_placement, s.bucket_observed, s.bucket_services)
-            for bucket in (*buckets, s.bucket_intents):
+            for bucket in permissions.buckets(s):
+                if bucket == s.bucket_config:
+                    continue
                 await kv(bus, bucket, copies=copies)
             await kv(bus, s.bucket_config, history=10, copies=copies)
             await ensure_stream(bus, copies)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from vigil.wire.records import NodeRecord
+from vigil.wire.records import LeaseRecord, NodeRecord
 
 
 def grant(record: NodeRecord | None, node: str, now: datetime, fence: float) -> NodeRecord:
@@ -46,3 +46,81 @@ def expired(record: NodeRecord, now: datetime, lease: float, fence: float) -> bo
 
 def declare_lost(record: NodeRecord, now: datetime) -> NodeRecord:
     return msgspec.structs.replace(record, state="lost", since=now)
+
+
+# -- the second bucket (``leases``) ----------------------------------------------------------
+# A lease is granted in ``nodes`` or in ``leases``, whichever answers first, so that one
+# bucket's leader election does not let every fence lapse. ``nodes`` alone starts an
+# incarnation; ``leases`` only extends one, which it "adopts" after a grant in ``nodes``. A loss
+# is declared by (re)writing the incarnation revoked in ``leases``, then marking it lost in
+# ``nodes``, each a compare-and-set on a record whose last grant had lapsed. An adoption is a
+# compare-and-set on the ``leases`` record read *before* its ``nodes`` grant was stored: a
+# declaration read that grant, so its revocation came later and makes the adoption fail.
+
+
+def extend(record: LeaseRecord | None, now: datetime, fence: float) -> LeaseRecord | None:
+    """The lease record after a grant of ``fence`` seconds from ``now``; None when this bucket
+    may not grant (no incarnation adopted yet, or revoked)."""
+    if record is None or record.revoked:
+        return None
+    return msgspec.structs.replace(record, granted_until=now + timedelta(seconds=fence))
+
+
+def adopt(record: LeaseRecord | None, node: NodeRecord) -> LeaseRecord | None:
+    """The lease record that lets ``leases`` grant the incarnation ``node`` (a grant just
+    stored in ``nodes``) holds, or None when ``record`` (read before that grant) has it already.
+    A revoked record is taken back too: the grant in ``nodes`` proves the node was not declared
+    lost, and the compare-and-set on ``record`` fails if a declaration revoked it since."""
+    if node.state != "up" or node.granted_until is None:
+        return None
+    if record is not None and (
+        record.incarnation > node.incarnation
+        or (record.incarnation == node.incarnation and not record.revoked)
+    ):
+        return None
+    return LeaseRecord(node.name, node.incarnation, node.granted_until)
+
+
+def holds(record: LeaseRecord | None, node: NodeRecord) -> bool:
+    """Can ``record`` extend ``node``'s fence (same incarnation, not revoked)?"""
+    return record is not None and not record.revoked and record.incarnation == node.incarnation
+
+
+def lease_expired(record: LeaseRecord, now: datetime, lease: float, fence: float) -> bool:
+    return (now - record.granted_until).total_seconds() + fence > lease
+
+
+def both_expired(
+    node: NodeRecord, record: LeaseRecord | None, now: datetime, lease: float, fence: float
+) -> bool:
+    """Up, and granted by neither bucket for longer than a lease."""
+    if not expired(node, now, lease, fence):
+        return False
+    return record is None or not holds(record, node) or lease_expired(record, now, lease, fence)
+
+
+def revoke(
+    record: LeaseRecord | None, node: NodeRecord, now: datetime, lease: float, fence: float
+) -> LeaseRecord | None:
+    """The record that revokes ``node``'s incarnation in ``leases``, written (again, even when
+    it is revoked already: the write fails every adoption read before it) right before the node
+    is declared lost; None when it may not be revoked (a grant there is still running, or our
+    copies disagree: check again)."""
+    if record is None or record.incarnation < node.incarnation:
+        until = node.granted_until or node.since
+        return LeaseRecord(node.name, node.incarnation, until, revoked=True)
+    if record.incarnation > node.incarnation:
+        return None  # our copy of ``nodes`` is behind
+    if not record.revoked and not lease_expired(record, now, lease, fence):
+        return None
+    return msgspec.structs.replace(record, revoked=True)
+
+
+def silent_since(
+    node: NodeRecord, record: LeaseRecord | None, now: datetime, fence: float
+) -> float:
+    """Seconds since the node's last grant in either bucket."""
+    silent = silent_for(node, now, fence)
+    if record is not None and holds(record, node):
+        silent = min(silent, (now - record.granted_until).total_seconds() + fence)
+    return silent

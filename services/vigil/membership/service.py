@@ -1,9 +1,12 @@
 """The membership service's I/O: heartbeats in, leases granted, node events out.
 
 A heartbeat is a request; the reply (``LeaseGranted``) is what extends the node's fence, and
-it is sent only after the grant is stored with a compare-and-set on the node's record. A loss
-is declared with a compare-and-set on the same record, so grants and declarations are ordered
-by the bucket, whichever replica makes them (docs/safety.md).
+it is sent only after the grant is stored with a compare-and-set on the node's record, in the
+``nodes`` bucket or the ``leases`` bucket, whichever stores it first: one bucket's leader
+election (a NATS server died) does not let the fences lapse. A loss is declared by revoking
+the node's incarnation in ``leases`` and then marking it lost in ``nodes``, each with a
+compare-and-set, so grants and declarations are ordered by the buckets, whichever replica
+makes them (docs/safety.md, "Two lease buckets").
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from datetime import timedelta
+from typing import TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
@@ -21,7 +26,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from vigil.wire.events import ConfigApplied, Heartbeat, LeaseGranted, NodeJoined, NodeLost
-from vigil.wire.records import NodeRecord
+from vigil.wire.records import LeaseRecord, NodeRecord
 
 from ..core import tracing
 from ..core.bus import Bus, encode, ensure_stream, kv, now, replayed
@@ -37,6 +42,11 @@ _HEARTBEAT = msgspec.json.Decoder(Heartbeat)
 # by the client. Heartbeats are a few hundred bytes; the byte bound lets one max_payload in.
 HEARTBEATS_PENDING_MSGS = 64
 HEARTBEATS_PENDING_BYTES = 2 * 1024 * 1024
+# Seconds between checks that the two lease buckets' leaders are on different servers (with a
+# random part, so that two replicas rarely move the leader at once).
+LEADERS_CHECK = 2.0
+NODES, LEASES = "nodes", "leases"
+R = TypeVar("R", bound=msgspec.Struct)
 
 
 class Membership:
@@ -45,6 +55,8 @@ class Membership:
         self.config = ConfigSource(bus)
         self.nodes: KeyValue | None = None
         self.records: KVCache[NodeRecord] | None = None
+        self.leases: KeyValue | None = None
+        self.lease_records: KVCache[LeaseRecord] | None = None
         # One subscription per node of the cluster file, each with its own small queue: a node
         # flooding its own heartbeat subject fills (and overflows) only its own, and every
         # other node's heartbeats are read by their own task, not behind the flood.
@@ -61,7 +73,7 @@ class Membership:
         self.bucket_down = False
         self.failures = 0  # grants that failed in a row, for rate-limited logging
         self.tg: asyncio.TaskGroup | None = None
-        self.granting: set[str] = set()  # nodes whose grant is being stored
+        self.granting: set[tuple[str, str]] = set()  # (node, bucket): a grant being stored
 
     def timing(self) -> tuple[float, float]:
         spec = self.config.spec
@@ -72,11 +84,15 @@ class Membership:
         await ensure_stream(self.bus)
         self.nodes = await kv(self.bus, self.bus.subjects.bucket_nodes)
         self.records = KVCache(self.nodes, NodeRecord, connection=self.bus.nc)
+        self.leases = await kv(self.bus, self.bus.subjects.bucket_leases)
+        self.lease_records = KVCache(self.leases, LeaseRecord, connection=self.bus.nc)
         await self.reload()
         await self.bus.subscribe(self.bus.subjects.config_applied, ConfigApplied, self.on_config)
         async with asyncio.TaskGroup() as tg:
             self.tg = tg
             tg.create_task(self.records.run(), name="watch-nodes")
+            tg.create_task(self.lease_records.run(), name="watch-leases")
+            tg.create_task(self.keep_leaders_apart(), name="leaders-apart")
             tg.create_task(self.check_loop(), name="lease-check")
             tg.create_task(every(3.0, self.reload), name="config-resync")
 
@@ -123,51 +139,81 @@ class Membership:
         spec = self.config.spec
         if spec is None or self.records is None or not self.records.ready.is_set():
             return  # no answer: the node keeps the lease it has, and asks again
+        if self.lease_records is None or not self.lease_records.ready.is_set():
+            return
         if msg.subject != self.bus.subjects.heartbeat(beat.node):
             self.bus.drop(msg.subject, f"heartbeat for {beat.node!r} on the wrong subject")
             return
         if all(n.name != beat.node for n in spec.nodes):
             self.bus.drop(msg.subject, f"heartbeat from unknown node {beat.node!r}")
             return
-        # Nodes are granted concurrently (their writes pipelined on the connection), one grant
-        # per node at a time: a heartbeat that finds its node's previous grant still being
-        # stored goes unanswered, and the next one renews the lease.
-        if self.tg is None or beat.node in self.granting:
+        # Nodes are granted concurrently (their writes pipelined on the connection), in both
+        # buckets at once, one grant per node and bucket at a time: a bucket still storing the
+        # node's previous grant (electing a leader, its request waiting out its timeout) is
+        # skipped, and the other one answers.
+        if self.tg is None:
             return
-        self.granting.add(beat.node)
-        self.tg.create_task(self.answer(beat.node, msg), name=f"grant-{beat.node}")
+        kinds = [k for k in (NODES, LEASES) if (beat.node, k) not in self.granting]
+        if not kinds:
+            return
+        self.granting.update((beat.node, k) for k in kinds)
+        self.tg.create_task(self.answer(beat.node, msg, kinds), name=f"grant-{beat.node}")
 
-    async def answer(self, node: str, msg: Msg) -> None:
-        """Owned by the service's task group: never lets an error out (it would stop them all)."""
+    async def answer(self, node: str, msg: Msg, kinds: list[str]) -> None:
+        """Owned by the service's task group: never lets an error out (it would stop them all).
+        Answers with the first grant stored; the other bucket's write goes on without us."""
+        assert self.tg is not None
         try:
-            await self._answer(node, msg)
+            pending = {self.tg.create_task(self.grant_in(k, node)) for k in kinds}
+            granted: int | None = None
+            errors: list[BaseException] = []
+            while pending and granted is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    incarnation, error = task.result()
+                    if error is not None:
+                        errors.append(error)
+                    elif incarnation is not None and granted is None:
+                        granted = incarnation
+            if granted is None:
+                if errors:  # a bucket failed and none granted: the node's fence runs down
+                    self.bucket_down = True
+                    self.failures += 1
+                    n = self.failures
+                    level = logging.WARNING if n & (n - 1) == 0 else logging.DEBUG
+                    log.log(level, "no lease for %s (failure %d): %s", node, n, errors[0])
+                return
+            self.failures = 0
+            self.bucket_back()
+            if msg.reply:
+                heartbeat, lease = self.timing()
+                reply = LeaseGranted(
+                    **self.bus.stamp(),
+                    node=node,
+                    incarnation=granted,
+                    ttl=fence_ttl(heartbeat, lease),
+                )
+                await msg.respond(encode(reply))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.info("could not answer %s's heartbeat: %s", node, exc)
-        finally:
-            self.granting.discard(node)
 
-    async def _answer(self, node: str, msg: Msg) -> None:
+    async def grant_in(self, kind: str, node: str) -> tuple[int | None, BaseException | None]:
+        """Store a grant for ``node`` in one bucket: the incarnation granted (None: this bucket
+        may not grant it), or the error. Runs in the task group: never raises."""
         try:
-            granted = await self.grant(node)
-        except Exception as exc:  # the bus is failing: no grant, the node's fence runs down
-            self.bucket_down = True
-            self.failures += 1
-            level = logging.WARNING if self.failures & (self.failures - 1) == 0 else logging.DEBUG
-            log.log(level, "no lease for %s (failure %d): %s", node, self.failures, exc)
-            return
-        self.failures = 0
-        self.bucket_back()
-        if granted is not None and msg.reply:
-            heartbeat, lease = self.timing()
-            reply = LeaseGranted(
-                **self.bus.stamp(),
-                node=node,
-                incarnation=granted.incarnation,
-                ttl=fence_ttl(heartbeat, lease),
-            )
-            await msg.respond(encode(reply))
+            if kind == LEASES:
+                held = await self.grant_lease(node)
+                return (held.incarnation if held else None), None
+            record = await self.grant(node)
+            return (record.incarnation if record else None), None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return None, exc
+        finally:
+            self.granting.discard((node, kind))
 
     async def grant(self, node: str) -> NodeRecord | None:
         """Store a grant for ``node`` (compare-and-set), and return the record that holds it."""
@@ -176,6 +222,7 @@ class Membership:
         for _ in range(3):
             before = self.records.get(node)
             unreadable = self.records.unreadable.get(node)
+            seen = self.lease_snapshot(node)  # read before the grant is stored: see adopt
             at = now()
             after = leases.grant(before, node, at, fence_ttl(heartbeat, lease))
             floor = at + timedelta(seconds=fence_ttl(heartbeat, lease) - heartbeat)
@@ -200,6 +247,7 @@ class Membership:
                     return fresh  # another replica granted this very heartbeat
                 continue
             self.records.note(node, revision, after)
+            self.adopt_soon(node, after, seen)
             if leases.joined(before, after):
                 log.info("node %s joined (incarnation %d)", node, after.incarnation)
                 await self.bus.publish(
@@ -207,6 +255,80 @@ class Membership:
                 )
             return after
         return None
+
+    async def grant_lease(self, node: str) -> LeaseRecord | None:
+        """Store a grant for ``node`` in ``leases`` (compare-and-set), for the incarnation
+        ``nodes`` gave it; None if that incarnation is not (or no longer) leased here."""
+        assert self.leases is not None and self.lease_records is not None
+        heartbeat, lease = self.timing()
+        fence = fence_ttl(heartbeat, lease)
+        for _ in range(3):
+            before = self.lease_records.get(node)
+            at = now()
+            after = leases.extend(before, at, fence)
+            if before is None or after is None:
+                return None
+            try:
+                revision = await self.leases.update(
+                    node, encode(after), last=self.lease_records.revision(node)
+                )
+            except KeyWrongLastSequenceError:
+                fresh = await self.lease_records.reread(node)
+                floor = at + timedelta(seconds=fence - heartbeat)
+                if (
+                    fresh is not None
+                    and not fresh.revoked
+                    and fresh.incarnation == before.incarnation
+                    and fresh.granted_until >= floor
+                ):
+                    return fresh  # another replica granted this very heartbeat
+                continue
+            self.lease_records.note(node, revision, after)
+            return after
+        return None
+
+    def lease_snapshot(self, node: str) -> tuple[LeaseRecord | None, int | None]:
+        """``node``'s lease record and the revision to compare-and-set it against."""
+        assert self.lease_records is not None
+        record = self.lease_records.get(node)
+        return record, self.lease_records.revision(node) or self.lease_records.unreadable.get(node)
+
+    def adopt_soon(
+        self, node: str, record: NodeRecord, seen: tuple[LeaseRecord | None, int | None]
+    ) -> None:
+        """Let ``leases`` grant the incarnation just granted in ``nodes``, if it cannot yet.
+        ``seen`` is the lease record as read before that grant was stored."""
+        assert self.tg is not None
+        if (node, "adopt") in self.granting or leases.adopt(seen[0], record) is None:
+            return
+        self.granting.add((node, "adopt"))
+        self.tg.create_task(self.adopt(node, record, seen), name=f"adopt-{node}")
+
+    async def adopt(
+        self, node: str, record: NodeRecord, seen: tuple[LeaseRecord | None, int | None]
+    ) -> None:
+        """Safe against a concurrent loss declaration: one that read ``record``'s grant wrote
+        its revocation after that, so after ``seen`` was read, and this compare-and-set fails."""
+        assert self.leases is not None and self.lease_records is not None
+        try:
+            after = leases.adopt(seen[0], record)
+            if after is not None:
+                value = encode(after)
+                if seen[1] is None:
+                    revision = await self.leases.create(node, value)
+                else:
+                    revision = await self.leases.update(node, value, last=seen[1])
+                self.lease_records.note(node, revision, after)
+                log.info("node %s: incarnation %d leased in both buckets", node, after.incarnation)
+        except asyncio.CancelledError:
+            raise
+        except KeyWrongLastSequenceError:  # another replica's write: the next grant looks again
+            with contextlib.suppress(Exception):
+                await self.lease_records.reread(node)
+        except Exception as exc:
+            log.info("node %s: could not lease incarnation %d: %s", node, record.incarnation, exc)
+        finally:
+            self.granting.discard((node, "adopt"))
 
     # -- losses --------------------------------------------------------------------------------
     def bucket_back(self) -> None:
@@ -216,10 +338,11 @@ class Membership:
             log.warning("the nodes bucket answers again: every node gets a full lease from now")
 
     async def bucket_answers(self) -> bool:
-        """Does the nodes bucket answer (its stream has a leader)?"""
-        assert self.nodes is not None
+        """Do both lease buckets answer (their streams have leaders)?"""
+        assert self.nodes is not None and self.leases is not None
         try:
             await self.nodes.status()
+            await self.leases.status()
         except Exception:
             return False
         self.bucket_back()
@@ -248,28 +371,63 @@ class Membership:
                         log.info("lease check failed (%s); checking again", exc)
             await asyncio.sleep(interval)
 
+    def overdue(self, node: str, lease: float, fence: float) -> tuple[NodeRecord, int] | None:
+        """``node``'s record and its revision if neither bucket granted it for longer than a
+        lease."""
+        assert self.records is not None and self.lease_records is not None
+        record = self.records.get(node)
+        revision = self.records.revision(node)
+        held = self.lease_records.get(node)
+        if record is None or revision is None:
+            return None
+        if not leases.both_expired(record, held, now(), lease, fence):
+            return None
+        return record, revision
+
     async def expire(self, heartbeat: float, lease: float) -> None:
         assert self.records is not None and self.config.spec is not None
         fence = fence_ttl(heartbeat, lease)
-        names = {n.name for n in self.config.spec.nodes}
-        due = [
-            n
-            for n, r in sorted(self.records.values().items())
-            if n in names and leases.expired(r, now(), lease, fence)
-        ]
+        names = sorted(n.name for n in self.config.spec.nodes)
+        due = [n for n in names if self.overdue(n, lease, fence) is not None]
         if due:
             await self.drain_heartbeats()
         for node in due:
-            record = self.records.get(node)
-            if record is not None and leases.expired(record, now(), lease, fence):
+            found = self.overdue(node, lease, fence)
+            if found is not None:
+                assert self.lease_records is not None
+                record, revision = found
+                silent = leases.silent_since(record, self.lease_records.get(node), now(), fence)
                 with tracing.span("node lost", node=node):
-                    await self.declare_lost(node, record, leases.silent_for(record, now(), fence))
+                    # The declaration is a compare-and-set against the revision judged overdue,
+                    # read before the revocation: whatever was stored in ``nodes`` since (a
+                    # grant, another replica's declaration) makes it fail.
+                    if await self.revoke(node, record, lease, fence):
+                        await self.declare_lost(node, record, revision, silent)
 
-    async def declare_lost(self, node: str, record: NodeRecord, silent: float) -> None:
+    async def revoke(self, node: str, record: NodeRecord, lease: float, fence: float) -> bool:
+        """Revoke ``record``'s incarnation in ``leases`` (first of a loss declaration): True once
+        it is revoked there, so no grant for it can be stored in that bucket any more."""
+        assert self.leases is not None and self.lease_records is not None
+        revoked = leases.revoke(self.lease_records.get(node), record, now(), lease, fence)
+        if revoked is None:
+            return False  # granted there meanwhile, or our copies disagree: check again
+        try:
+            revision = await store(self.leases, self.lease_records, node, revoked)
+        except KeyWrongLastSequenceError:
+            with contextlib.suppress(Exception):  # the next check decides on the fresh record
+                await self.lease_records.reread(node)
+            return False
+        except Exception as exc:  # electing a leader: the declaration waits for it
+            log.info("could not revoke %s's lease (%s); will retry", node, exc)
+            return False
+        self.lease_records.note(node, revision, revoked)
+        return True
+
+    async def declare_lost(self, node: str, record: NodeRecord, last: int, silent: float) -> None:
         assert self.nodes is not None and self.records is not None
         lost = leases.declare_lost(record, now())
         try:
-            revision = await self.nodes.update(node, encode(lost), last=self.records.revision(node))
+            revision = await self.nodes.update(node, encode(lost), last=last)
         except KeyWrongLastSequenceError:
             # Not someone else's success unless the record says so: a grant, or another
             # replica's declaration, or our copy was stale. Re-read; the next check decides
@@ -278,8 +436,7 @@ class Membership:
                 fresh = await self.records.reread(node)
                 log.info("node %s: record changed under us, now %s", node, fresh)
             return
-        except Exception as exc:
-            self.bucket_down = True  # the bucket is not answering: a full lease once it does
+        except Exception as exc:  # electing a leader (the other bucket still grants meanwhile)
             log.info("could not declare %s lost (%s); will retry", node, exc)
             return
         self.records.note(node, revision, lost)
@@ -298,3 +455,38 @@ class Membership:
                 break
             await asyncio.sleep(0.001)
         await asyncio.sleep(0)
+
+    # -- the two buckets' leaders ----------------------------------------------------------------
+    async def keep_leaders_apart(self) -> None:
+        while True:
+            await asyncio.sleep(LEADERS_CHECK * (1 + random.random()))
+            try:
+                await self.separate_leaders()
+            except Exception as exc:  # electing, or no cluster: the next check looks again
+                log.debug("could not compare the lease buckets' leaders: %s", exc)
+
+    async def separate_leaders(self) -> None:
+        """If one server leads both lease buckets, ask the leases bucket's leader to step down:
+        its death would otherwise cost both buckets an election at once, and every fence."""
+        s = self.bus.subjects
+        nodes = await self.bus.js_quick.stream_info(f"KV_{s.bucket_nodes}")
+        held = await self.bus.js_quick.stream_info(f"KV_{s.bucket_leases}")
+        a, b = nodes.cluster, held.cluster
+        if a is None or b is None or not a.leader or a.leader != b.leader:
+            return
+        if not held.config.num_replicas or held.config.num_replicas < 2:
+            return
+        log.info("%s leads both lease buckets; moving the leases bucket's leader", a.leader)
+        await self.bus.nc.request(
+            f"$JS.API.STREAM.LEADER.STEPDOWN.KV_{s.bucket_leases}", b"", timeout=2.0
+        )
+
+
+async def store(bucket: KeyValue, cache: KVCache[R], key: str, value: R) -> int:
+    """Write ``value`` over what ``cache`` holds for ``key`` (an unreadable record included),
+    with a compare-and-set; create it if there is none."""
+    unreadable = cache.unreadable.get(key)
+    last = cache.revision(key) or unreadable
+    if last is None:
+        return await bucket.create(key, encode(value))
+    return await bucket.update(key, encode(value), last=last)

@@ -164,6 +164,10 @@ class Fencer:
         key = fence_key(node, incarnation)
         record = self.records.get(key)
         revision = self.records.revision(key)
+        if record is not None and (record.fenced or record.claimed_until > time.time()):
+            # Another replica's claim reached our cache after ``want`` started this attempt:
+            # claiming over it by its revision would run the agent twice at once.
+            return
         claim = FenceRecord(
             node,
             incarnation,

@@ -68,6 +68,7 @@ def buckets(s: Subjects) -> list[str]:
     return [
         s.bucket_config,
         s.bucket_nodes,
+        s.bucket_leases,
         s.bucket_placement,
         s.bucket_observed,
         s.bucket_services,
@@ -124,7 +125,16 @@ def node(s: Subjects, name: str) -> Permissions:
 
 def membership(s: Subjects) -> Permissions:
     return Permissions(
-        publish=[s.all_node_events, _write(s.bucket_nodes, "*"), *_read_all(s), *_create_all(s)],
+        publish=[
+            s.all_node_events,
+            _write(s.bucket_nodes, "*"),
+            _write(s.bucket_leases, "*"),
+            # Moving the leases bucket's leader off the nodes bucket's server, so that one
+            # server's death costs at most one of them an election (docs/safety.md).
+            f"{JS}.STREAM.LEADER.STEPDOWN.{_stream(s, s.bucket_leases)}",
+            *_read_all(s),
+            *_create_all(s),
+        ],
         subscribe=[s.all_heartbeats, s.config_applied],
         responses=True,  # a heartbeat asks for a lease: the grant is the answer
     )
