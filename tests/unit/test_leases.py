@@ -67,13 +67,28 @@ def test_a_record_from_before_grants_were_recorded_counts_from_its_since() -> No
 
 # -- the second bucket -----------------------------------------------------------------------
 def test_the_leases_bucket_grants_only_an_incarnation_nodes_established() -> None:
-    assert extend(None, T0, FENCE) is None  # nothing adopted yet: only ``nodes`` may grant
     node = grant(None, "n1", T0, FENCE)
+    assert extend(None, node, T0, FENCE) is None  # nothing adopted yet: ``nodes`` grants
     held = adopt(None, node)
     assert held == LeaseRecord("n1", 1, at(FENCE))
     assert adopt(held, node) is None  # adopted already
-    later = extend(held, at(1), FENCE)
+    later = extend(held, node, at(1), FENCE)
     assert later is not None and (later.incarnation, later.granted_until) == (1, at(1 + FENCE))
+
+
+def test_leases_grants_only_what_our_copy_of_nodes_holds_up() -> None:
+    """A ``nodes`` record rewritten (unreadable) or deleted starts over: its (re)join takes an
+    incarnation above the one ``leases`` holds, and ``leases`` never grants one that ``nodes``
+    does not hold up (else the node's agent flips between two and drops every address)."""
+    node = grant(None, "n1", T0, FENCE)
+    held = adopt(None, node)
+    assert held is not None
+    assert extend(held, None, at(1), FENCE) is None
+    assert extend(held, declare_lost(node, at(1)), at(1), FENCE) is None
+    reset = grant(None, "n1", at(2), FENCE, above=held.incarnation)
+    assert reset.incarnation == 2 and extend(held, reset, at(2), FENCE) is None
+    assert adopt(held, reset) == LeaseRecord("n1", 2, at(2 + FENCE))
+    assert grant(declare_lost(node, at(1)), "n1", at(2), FENCE, above=5).incarnation == 6
 
 
 def test_a_fresh_grant_in_either_bucket_keeps_a_node_from_being_lost() -> None:
@@ -81,7 +96,7 @@ def test_a_fresh_grant_in_either_bucket_keeps_a_node_from_being_lost() -> None:
     held = adopt(None, node)
     assert held is not None
     # ``nodes`` electing a leader: only ``leases`` grants, for seconds
-    held = extend(held, at(5), FENCE)
+    held = extend(held, node, at(5), FENCE)
     assert held is not None
     assert expired(node, at(5.1), LEASE, FENCE) and not both_expired(
         node, held, at(5.1), LEASE, FENCE
@@ -105,14 +120,14 @@ def test_a_lease_is_revoked_only_once_its_last_grant_lapsed() -> None:
     node = grant(None, "n1", T0, FENCE)
     held = adopt(None, node)
     assert held is not None
-    held = extend(held, at(1), FENCE)
+    held = extend(held, node, at(1), FENCE)
     assert held is not None
     assert revoke(held, node, at(1 + LEASE - 0.01), LEASE, FENCE) is None
     revoked = revoke(held, node, at(1 + LEASE + 0.01), LEASE, FENCE)
     assert revoked is not None and revoked.revoked and revoked.incarnation == 1
     # written again by every declaration (its write fails adoptions read before it)
     assert revoke(revoked, node, at(2), LEASE, FENCE) == revoked
-    assert extend(revoked, at(3), FENCE) is None
+    assert extend(revoked, node, at(3), FENCE) is None
     # the next incarnation (a rejoin through ``nodes``) is leased there again
     back = grant(declare_lost(node, at(2)), "n1", at(3), FENCE)
     assert back.incarnation == 2 and adopt(revoked, back) == LeaseRecord("n1", 2, at(3 + FENCE))
@@ -135,7 +150,7 @@ def test_an_incarnation_never_adopted_is_revoked_all_the_same() -> None:
     for before in (None, LeaseRecord("n1", 0, T0, revoked=True)):
         revoked = revoke(before, node, at(5), LEASE, FENCE)
         assert revoked == LeaseRecord("n1", 1, at(FENCE), revoked=True)
-        assert extend(revoked, at(6), FENCE) is None
+        assert extend(revoked, node, at(6), FENCE) is None
     ahead = LeaseRecord("n1", 2, at(5))  # our copy of ``nodes`` is behind: decide again later
     assert revoke(ahead, node, at(9), LEASE, FENCE) is None
 
@@ -171,6 +186,7 @@ def test_no_grant_outlives_a_loss_declaration_in_random_interleavings() -> None:
         # declarations half done: leases revoked; the nodes revision read before that
         declaring: list[int] = []
         fences: dict[int, float] = {}  # incarnation -> end of its latest grant (seconds)
+        copies: list[NodeRecord] = []  # what replicas' lagging copies of ``nodes`` may show
         for _ in range(80):
             t += rng.choice((0.05, 0.2, 0.5, 1.0))
             op = rng.choice(("nodes", "leases", "adopt", "revoke", "declare"))
@@ -179,11 +195,13 @@ def test_no_grant_outlives_a_loss_declaration_in_random_interleavings() -> None:
                     continue  # the node stays dead a while
                 seen = (leased.value, leased.revision)
                 node = grant(node, "n1", at(t), FENCE)
+                copies.append(node)
                 nodes_revision += 1
                 pending.append((*seen, node))
                 fences[node.incarnation] = t + FENCE
             elif op == "leases":
-                after = extend(leased.value, at(t), FENCE)
+                copy = rng.choice(copies[-3:]) if copies else None  # maybe stale
+                after = extend(leased.value, copy, at(t), FENCE)
                 if after is not None and leased.cas(after, leased.revision):
                     assert node is not None and node.state == "up", "granted after the loss"
                     assert after.incarnation == node.incarnation
@@ -204,6 +222,7 @@ def test_no_grant_outlives_a_loss_declaration_in_random_interleavings() -> None:
                 if declaring.pop(rng.randrange(len(declaring))) != nodes_revision:
                     continue  # written meanwhile: the compare-and-set fails
                 node = declare_lost(node, at(t))
+                copies.append(node)
                 nodes_revision += 1
                 declared += 1
                 # every fence of that incarnation lapsed ``lease - fence`` ago

@@ -19,12 +19,16 @@ import msgspec
 from vigil.wire.records import LeaseRecord, NodeRecord
 
 
-def grant(record: NodeRecord | None, node: str, now: datetime, fence: float) -> NodeRecord:
+def grant(
+    record: NodeRecord | None, node: str, now: datetime, fence: float, above: int = 0
+) -> NodeRecord:
     """The record after granting ``node`` a lease of ``fence`` seconds from ``now``. A node
-    that is new, or was declared lost, (re)joins with the next incarnation."""
+    that is new, or was declared lost, (re)joins with the next incarnation, above ``above``
+    too (the one ``leases`` holds: a ``nodes`` record rewritten after it was unreadable, or
+    deleted, must not start an incarnation ``leases`` would take for an old one)."""
     until = now + timedelta(seconds=fence)
     if record is None or record.state != "up":
-        incarnation = (record.incarnation if record else 0) + 1
+        incarnation = max(record.incarnation if record else 0, above) + 1
         return NodeRecord(node, "up", now, granted_until=until, incarnation=incarnation)
     return msgspec.structs.replace(record, granted_until=until)
 
@@ -58,10 +62,13 @@ def declare_lost(record: NodeRecord, now: datetime) -> NodeRecord:
 # declaration read that grant, so its revocation came later and makes the adoption fail.
 
 
-def extend(record: LeaseRecord | None, now: datetime, fence: float) -> LeaseRecord | None:
+def extend(
+    record: LeaseRecord | None, node: NodeRecord | None, now: datetime, fence: float
+) -> LeaseRecord | None:
     """The lease record after a grant of ``fence`` seconds from ``now``; None when this bucket
-    may not grant (no incarnation adopted yet, or revoked)."""
-    if record is None or record.revoked:
+    may not grant (no incarnation adopted yet, revoked, or not the one ``node``, our copy of
+    the ``nodes`` record, holds up)."""
+    if record is None or node is None or not holds(record, node) or node.state != "up":
         return None
     return msgspec.structs.replace(record, granted_until=now + timedelta(seconds=fence))
 

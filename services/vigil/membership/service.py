@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import msgspec
@@ -165,16 +165,16 @@ class Membership:
         assert self.tg is not None
         try:
             pending = {self.tg.create_task(self.grant_in(k, node)) for k in kinds}
-            granted: int | None = None
+            granted: tuple[int, datetime] | None = None
             errors: list[BaseException] = []
             while pending and granted is None:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    incarnation, error = task.result()
+                    stored, error = task.result()
                     if error is not None:
                         errors.append(error)
-                    elif incarnation is not None and granted is None:
-                        granted = incarnation
+                    elif stored is not None and granted is None:
+                        granted = stored
             if granted is None:
                 if errors:  # a bucket failed and none granted: the node's fence runs down
                     self.bucket_down = True
@@ -185,13 +185,15 @@ class Membership:
                 return
             self.failures = 0
             self.bucket_back()
-            if msg.reply:
-                heartbeat, lease = self.timing()
+            # The fence may last until the grant stored ends, never longer: the node counts it
+            # from when its heartbeat left, before now. (A grant another replica stored for
+            # this heartbeat ends up to a heartbeat earlier than one we would have stored.)
+            heartbeat, lease = self.timing()
+            incarnation, until = granted
+            ttl = min(fence_ttl(heartbeat, lease), (until - now()).total_seconds())
+            if msg.reply and ttl > 0:
                 reply = LeaseGranted(
-                    **self.bus.stamp(),
-                    node=node,
-                    incarnation=granted,
-                    ttl=fence_ttl(heartbeat, lease),
+                    **self.bus.stamp(), node=node, incarnation=incarnation, ttl=ttl
                 )
                 await msg.respond(encode(reply))
         except asyncio.CancelledError:
@@ -199,15 +201,20 @@ class Membership:
         except Exception as exc:
             log.info("could not answer %s's heartbeat: %s", node, exc)
 
-    async def grant_in(self, kind: str, node: str) -> tuple[int | None, BaseException | None]:
-        """Store a grant for ``node`` in one bucket: the incarnation granted (None: this bucket
-        may not grant it), or the error. Runs in the task group: never raises."""
+    async def grant_in(
+        self, kind: str, node: str
+    ) -> tuple[tuple[int, datetime] | None, BaseException | None]:
+        """Store a grant for ``node`` in one bucket: the incarnation granted and the end of the
+        grant stored (None: this bucket may not grant it), or the error. Runs in the task group:
+        never raises."""
         try:
             if kind == LEASES:
                 held = await self.grant_lease(node)
-                return (held.incarnation if held else None), None
+                return ((held.incarnation, held.granted_until) if held else None), None
             record = await self.grant(node)
-            return (record.incarnation if record else None), None
+            if record is None or record.granted_until is None:
+                return None, None
+            return (record.incarnation, record.granted_until), None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -224,7 +231,8 @@ class Membership:
             unreadable = self.records.unreadable.get(node)
             seen = self.lease_snapshot(node)  # read before the grant is stored: see adopt
             at = now()
-            after = leases.grant(before, node, at, fence_ttl(heartbeat, lease))
+            above = seen[0].incarnation if seen[0] else 0
+            after = leases.grant(before, node, at, fence_ttl(heartbeat, lease), above)
             floor = at + timedelta(seconds=fence_ttl(heartbeat, lease) - heartbeat)
             try:
                 if before is None and unreadable is None:
@@ -260,12 +268,13 @@ class Membership:
         """Store a grant for ``node`` in ``leases`` (compare-and-set), for the incarnation
         ``nodes`` gave it; None if that incarnation is not (or no longer) leased here."""
         assert self.leases is not None and self.lease_records is not None
+        assert self.records is not None
         heartbeat, lease = self.timing()
         fence = fence_ttl(heartbeat, lease)
         for _ in range(3):
             before = self.lease_records.get(node)
             at = now()
-            after = leases.extend(before, at, fence)
+            after = leases.extend(before, self.records.get(node), at, fence)
             if before is None or after is None:
                 return None
             try:
@@ -474,11 +483,19 @@ class Membership:
         a, b = nodes.cluster, held.cluster
         if a is None or b is None or not a.leader or a.leader != b.leader:
             return
-        if not held.config.num_replicas or held.config.num_replicas < 2:
+        others = sorted(p.name for p in b.replicas or [] if p.current and p.name)
+        if not others:
             return
-        log.info("%s leads both lease buckets; moving the leases bucket's leader", a.leader)
+        # A preferred successor (nats-server 2.11+): a random one would be the nodes
+        # bucket's leader again half the time with three servers.
+        to = random.choice(others)
+        log.info(
+            "%s leads both lease buckets; moving the leases bucket's leader to %s", a.leader, to
+        )
         await self.bus.nc.request(
-            f"$JS.API.STREAM.LEADER.STEPDOWN.KV_{s.bucket_leases}", b"", timeout=2.0
+            f"$JS.API.STREAM.LEADER.STEPDOWN.KV_{s.bucket_leases}",
+            msgspec.json.encode({"placement": {"preferred": to}}),
+            timeout=2.0,
         )
 
 
