@@ -62,6 +62,18 @@ async def leader_of(nc: Client, stream: str) -> str:
                 return info.cluster.leader
 
 
+async def memberships(cluster: NatsCluster, svc: Services) -> list[ProbedMembership]:
+    """Two membership replicas on the whole cluster, as in production."""
+    replicas = []
+    for i in range(2):
+        bus = await Bus.connect(cluster.urls, svc.subjects, "membership", name=f"m{i + 1}")
+        svc.buses.append(bus)
+        m = ProbedMembership(bus)
+        svc.spawn(m.run(), f"membership-m{i + 1}")
+        replicas.append(m)
+    return replicas
+
+
 async def test_a_node_is_declared_lost_with_the_nodes_bucket_leader_dead(
     cluster: NatsCluster, ours: Client, subjects: Subjects
 ) -> None:
@@ -74,13 +86,7 @@ async def test_a_node_is_declared_lost_with_the_nodes_bucket_leader_dead(
         svc.buses.append(cli)
         await store(cli, make_spec(["n1", "n2"], heartbeat="100ms", lease="500ms"))
         rec = await record(ours, s.all_node_events)
-        replicas = []
-        for i in range(2):
-            bus = await Bus.connect(cluster.urls, s, "membership", name=f"m{i + 1}")
-            svc.buses.append(bus)
-            m = ProbedMembership(bus)
-            svc.spawn(m.run(), f"membership-m{i + 1}")
-            replicas.append(m)
+        replicas = await memberships(cluster, svc)
         hearts = Hearts(ours, s, interval=0.1)
         hearts.beating = {"n1", "n2"}
         svc.spawn(hearts.run(), "hearts")
@@ -114,10 +120,7 @@ async def test_live_nodes_are_not_declared_lost_while_the_nodes_bucket_elects_a_
         svc.buses.append(cli)
         await store(cli, make_spec(["n1", "n2"], heartbeat="100ms", lease="500ms"))
         rec = await record(ours, s.all_node_events)
-        for i in range(2):
-            bus = await Bus.connect(cluster.urls, s, "membership", name=f"m{i + 1}")
-            svc.buses.append(bus)
-            svc.spawn(ProbedMembership(bus).run(), f"membership-m{i + 1}")
+        await memberships(cluster, svc)
         hearts = Hearts(ours, s, interval=0.1)
         hearts.beating = {"n1", "n2"}
         svc.spawn(hearts.run(), "hearts")
@@ -162,10 +165,7 @@ async def test_grants_go_on_through_the_leases_bucket_while_the_nodes_bucket_ele
         await lead_on(ours, f"KV_{s.bucket_leases}", both)
         await store(cli, make_spec(["n1", "n2"], heartbeat="200ms", lease="2s"))
         rec = await record(ours, s.all_node_events)
-        for i in range(2):
-            bus = await Bus.connect(cluster.urls, s, "membership", name=f"m{i + 1}")
-            svc.buses.append(bus)
-            svc.spawn(ProbedMembership(bus).run(), f"membership-m{i + 1}")
+        await memberships(cluster, svc)
         async with asyncio.timeout(FAILOVER_DEADLINE):
             while True:  # polling the servers: there is no event for a leader's move
                 doomed = await leader_of(ours, f"KV_{s.bucket_nodes}")

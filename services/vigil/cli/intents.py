@@ -10,7 +10,7 @@ import msgspec
 from vigil.wire.events import IntentChanged
 from vigil.wire.records import Admin, Intent, NodeRecord, Placement
 
-from ..core.bus import Bus, encode, get_record, kv
+from ..core.bus import Bus, compare_and_set, get_record, kv
 from ..core.clusterconfig import ConfigSource
 from ..placement.rules import next_node
 
@@ -35,10 +35,7 @@ async def _current(bus: Bus, group: str) -> tuple[Intent, int | None]:
 
 async def _write(bus: Bus, intent: Intent, revision: int | None) -> None:
     bucket = await kv(bus, bus.subjects.bucket_intents)
-    if revision is None:
-        await bucket.create(intent.group, encode(intent))
-    else:
-        await bucket.update(intent.group, encode(intent), last=revision)
+    await compare_and_set(bucket, intent.group, intent, revision)
     await bus.publish(
         bus.subjects.intent(intent.group),
         IntentChanged(

@@ -509,3 +509,13 @@ async def all_records(bucket: KeyValue, kind: type[T], prefix: str = "") -> dict
 
 def encode(record: msgspec.Struct) -> bytes:
     return _ENCODER.encode(record)
+
+
+async def compare_and_set(
+    bucket: KeyValue, key: str, record: msgspec.Struct, last: int | None
+) -> int:
+    """Write ``record`` under ``key`` only if the key's revision is still ``last`` (None: only
+    if there is no such key); the new revision. Raises ``KeyWrongLastSequenceError`` if not."""
+    if last is None:
+        return await bucket.create(key, encode(record))
+    return await bucket.update(key, encode(record), last=last)

@@ -61,6 +61,11 @@ class KVCache(Generic[T]):
         hit = self.entries.get(key)
         return hit[0] if hit else None
 
+    def last(self, key: str) -> int | None:
+        """The revision a compare-and-set on ``key`` is made against: its record's, or the
+        revision of one that did not decode (None: no such key)."""
+        return self.revision(key) or self.unreadable.get(key)
+
     def values(self) -> dict[str, T]:
         return {k: v for k, (_, v) in self.entries.items()}
 

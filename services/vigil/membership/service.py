@@ -17,7 +17,6 @@ import logging
 import random
 import time
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
@@ -29,7 +28,7 @@ from vigil.wire.events import ConfigApplied, Heartbeat, LeaseGranted, NodeJoined
 from vigil.wire.records import LeaseRecord, NodeRecord
 
 from ..core import tracing
-from ..core.bus import Bus, encode, ensure_stream, kv, now, replayed
+from ..core.bus import Bus, compare_and_set, encode, ensure_stream, kv, now, replayed
 from ..core.clusterconfig import ConfigSource
 from ..core.kvcache import KVCache
 from ..core.lease import fence_ttl
@@ -46,7 +45,6 @@ HEARTBEATS_PENDING_BYTES = 2 * 1024 * 1024
 # random part, so that two replicas rarely move the leader at once).
 LEADERS_CHECK = 2.0
 NODES, LEASES = "nodes", "leases"
-R = TypeVar("R", bound=msgspec.Struct)
 
 
 class Membership:
@@ -225,23 +223,20 @@ class Membership:
     async def grant(self, node: str) -> NodeRecord | None:
         """Store a grant for ``node`` (compare-and-set), and return the record that holds it."""
         assert self.nodes is not None and self.records is not None
+        assert self.lease_records is not None
         heartbeat, lease = self.timing()
         for _ in range(3):
             before = self.records.get(node)
-            unreadable = self.records.unreadable.get(node)
-            seen = self.lease_snapshot(node)  # read before the grant is stored: see adopt
+            # the lease record, read before the grant is stored: see adopt
+            seen = self.lease_records.get(node), self.lease_records.last(node)
             at = now()
             above = seen[0].incarnation if seen[0] else 0
             after = leases.grant(before, node, at, fence_ttl(heartbeat, lease), above)
             floor = at + timedelta(seconds=fence_ttl(heartbeat, lease) - heartbeat)
+            if before is None and node in self.records.unreadable:
+                log.warning("node %s: unreadable record; rewriting it", node)
             try:
-                if before is None and unreadable is None:
-                    revision = await self.nodes.create(node, encode(after))
-                else:
-                    if before is None:
-                        log.warning("node %s: unreadable record; rewriting it", node)
-                    last = self.records.revision(node) if before else unreadable
-                    revision = await self.nodes.update(node, encode(after), last=last)
+                revision = await compare_and_set(self.nodes, node, after, self.records.last(node))
             except KeyWrongLastSequenceError:
                 fresh = await self.records.reread(node)
                 if (
@@ -296,12 +291,6 @@ class Membership:
             return after
         return None
 
-    def lease_snapshot(self, node: str) -> tuple[LeaseRecord | None, int | None]:
-        """``node``'s lease record and the revision to compare-and-set it against."""
-        assert self.lease_records is not None
-        record = self.lease_records.get(node)
-        return record, self.lease_records.revision(node) or self.lease_records.unreadable.get(node)
-
     def adopt_soon(
         self, node: str, record: NodeRecord, seen: tuple[LeaseRecord | None, int | None]
     ) -> None:
@@ -322,11 +311,7 @@ class Membership:
         try:
             after = leases.adopt(seen[0], record)
             if after is not None:
-                value = encode(after)
-                if seen[1] is None:
-                    revision = await self.leases.create(node, value)
-                else:
-                    revision = await self.leases.update(node, value, last=seen[1])
+                revision = await compare_and_set(self.leases, node, after, seen[1])
                 self.lease_records.note(node, revision, after)
                 log.info("node %s: incarnation %d leased in both buckets", node, after.incarnation)
         except asyncio.CancelledError:
@@ -421,7 +406,8 @@ class Membership:
         if revoked is None:
             return False  # granted there meanwhile, or our copies disagree: check again
         try:
-            revision = await store(self.leases, self.lease_records, node, revoked)
+            last = self.lease_records.last(node)
+            revision = await compare_and_set(self.leases, node, revoked, last)
         except KeyWrongLastSequenceError:
             with contextlib.suppress(Exception):  # the next check decides on the fresh record
                 await self.lease_records.reread(node)
@@ -497,13 +483,3 @@ class Membership:
             msgspec.json.encode({"placement": {"preferred": to}}),
             timeout=2.0,
         )
-
-
-async def store(bucket: KeyValue, cache: KVCache[R], key: str, value: R) -> int:
-    """Write ``value`` over what ``cache`` holds for ``key`` (an unreadable record included),
-    with a compare-and-set; create it if there is none."""
-    unreadable = cache.unreadable.get(key)
-    last = cache.revision(key) or unreadable
-    if last is None:
-        return await bucket.create(key, encode(value))
-    return await bucket.update(key, encode(value), last=last)

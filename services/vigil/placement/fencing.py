@@ -34,7 +34,7 @@ from vigil.wire.cluster import ClusterSpec, Fence
 from vigil.wire.events import Alert, NodeFenced
 from vigil.wire.records import FenceRecord
 
-from ..core.bus import Bus, encode
+from ..core.bus import Bus, compare_and_set, encode
 from ..core.kvcache import KVCache
 from ..core.subjects import fence_key
 
@@ -177,10 +177,9 @@ class Fencer:
             error=record.error if record else "",
         )
         try:
-            if record is None or revision is None:
-                revision = await self.bucket.create(key, encode(claim))
-            else:
-                revision = await self.bucket.update(key, encode(claim), last=revision)
+            revision = await compare_and_set(
+                self.bucket, key, claim, revision if record is not None else None
+            )
         except KeyWrongLastSequenceError:
             await self.records.reread(key)  # another replica's: its record tells us the rest
             return
