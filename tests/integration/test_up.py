@@ -18,6 +18,9 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.js.api import StreamInfo
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from vigil.core.bus import Bus, BusError
 from vigil.core.credentials import Credentials
@@ -51,6 +54,18 @@ class Output:
             time.sleep(0.05)
 
 
+async def created(js: JetStreamContext, name: str) -> StreamInfo:
+    """The stream's info once it exists: each service creates the buckets it opens as it starts
+    (membership opens the leases bucket after the nodes bucket `vigil status` reads)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return await js.stream_info(name)
+        except NotFoundError:
+            assert time.monotonic() < deadline, f"stream {name} never created"
+            await asyncio.sleep(0.1)  # no event for a stream's creation: ask again
+
+
 async def stream_copies(urls: str, reader: Credentials) -> dict[str, int]:
     servers = urls.split(",")
     options = reader.options(servers)
@@ -59,7 +74,7 @@ async def stream_copies(urls: str, reader: Credentials) -> dict[str, int]:
         js = nc.jetstream()
         s = Subjects()
         names = [*(f"KV_{b}" for b in buckets(s)), s.stream]
-        infos = [await js.stream_info(n) for n in names]
+        infos = [await created(js, n) for n in names]
         return {i.config.name: 1 + len(i.cluster.replicas or []) if i.cluster else 1 for i in infos}
     finally:
         await nc.close()

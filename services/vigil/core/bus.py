@@ -26,6 +26,7 @@ from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import (
+    APIError,
     BucketNotFoundError,
     KeyNotFoundError,
     NoStreamResponseError,
@@ -466,10 +467,21 @@ async def ensure_stream(bus: Bus, copies: int | None = None) -> None:
         max_msg_size=MAX_EVENT,
         num_replicas=copies or replicas(),
     )
+
+    async def create() -> None:
+        try:
+            await bus.js.add_stream(config)
+        except ServiceUnavailableError:
+            raise  # JetStream not ready yet: retried below
+        except APIError as exc:  # exists with another config: keep it
+            log.debug("stream %s: %s", config.name, exc)
+
+    # While the servers still elect their meta leader (a cluster just started, as by `vigil
+    # up`) the creation times out: retried like a bucket's, or the history was never created.
     try:
-        await bus.js.add_stream(config)
-    except Exception as exc:  # exists with another config: keep it, history is not critical
-        log.debug("stream %s: %s", config.name, exc)
+        await until_elected(create, f"stream {config.name}", bus)
+    except Exception as exc:  # history is not critical: the service runs without it
+        log.warning("stream %s not created: %s", config.name, exc)
 
 
 async def get_record(bucket: KeyValue, key: str, kind: type[T]) -> T | None:
