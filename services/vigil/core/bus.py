@@ -481,7 +481,7 @@ async def ensure_stream(bus: Bus, copies: int | None = None) -> None:
     try:
         await until_elected(create, f"stream {config.name}", bus)
     except Exception as exc:  # history is not critical: the service runs without it
-        log.warning("stream %s not created: %s", config.name, exc)
+        log.info("stream %s not created: %s", config.name, exc)
 
 
 async def get_record(bucket: KeyValue, key: str, kind: type[T]) -> T | None:
