@@ -116,7 +116,7 @@ class NftMonitor:
     def lines(self) -> list[str]:
         return self._lines.snapshot()
 
-    def wait_listening(self, timeout: float = 5.0) -> None:
+    def wait_listening(self, timeout: float = 20.0) -> None:
         """Return once the monitor reports changes: poke a sentinel set of our own in the
         namespace until the monitor shows it (it may not have subscribed yet)."""
         nft = ["ip", "netns", "exec", self.ns, "nft"]
