@@ -33,7 +33,6 @@ from vigil.core.subjects import Subjects
 from vigil.lab.lab import LabState, lab_dir
 from vigil.lab.netns import namespaces, pids_in
 from vigil.lab.specs import generated_data
-from vigil.secure.permissions import buckets
 from vigil.testing.lab import LabDriver, lab_credentials
 
 if TYPE_CHECKING:
@@ -55,7 +54,7 @@ async def kv_consumers(prefix: LabDriver, url: str) -> dict[str, int]:
     nc = await connect_as(prefix, "reader", url)
     try:
         js = nc.jetstream()
-        streams = [f"KV_{b}" for b in buckets(Subjects())]
+        streams = [f"KV_{b}" for b in Subjects().buckets]
         return {n: (await js.stream_info(n)).state.consumer_count for n in streams}
     finally:
         await nc.close()
@@ -84,7 +83,7 @@ class Refusals:
 async def assert_absent(nc: nats.NATS, key: str) -> None:
     """No forged key reached a bucket: what the server refused is nowhere."""
     js = nc.jetstream()
-    for bucket in buckets(Subjects()):
+    for bucket in Subjects().buckets:
         with contextlib.suppress(KeyNotFoundError):
             await (await js.key_value(bucket)).get(key)
             pytest.fail(f"{bucket} holds {key}")
@@ -270,7 +269,7 @@ class TestLabCli:
                 assert operator_cli(cli_lab, verb, "web2").returncode == 0
             msg = await sub.next_msg(timeout=10)
             assert msg.subject.startswith("vigil."), msg.subject
-            for bucket in buckets(s):
+            for bucket in s.buckets:
                 await refusals.expect(nc, f"$KV.{bucket}.ve2e-reader")
             await refusals.expect(nc, s.config_applied)
             await refusals.expect(nc, s.heartbeat("n1"))

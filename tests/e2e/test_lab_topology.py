@@ -33,7 +33,6 @@ from nats.js.api import StreamInfo
 
 from vigil.core.subjects import Subjects
 from vigil.lab.netns import pids_in
-from vigil.secure.permissions import buckets
 from vigil.testing.lab import LabDriver, group_of, lab_credentials, node_state
 from vigil.testing.netns import mac
 from vigil.testing.observers import ArpWatch
@@ -96,7 +95,7 @@ async def streams_info(prefix: str, urls: list[str]) -> list[StreamInfo]:
     nc = await nats.connect(urls, connect_timeout=5, max_reconnect_attempts=1, **options)
     try:
         js = nc.jetstream()
-        return [await js.stream_info(n) for n in [*(f"KV_{b}" for b in buckets(s)), s.stream]]
+        return [await js.stream_info(n) for n in [*(f"KV_{b}" for b in s.buckets), s.stream]]
     finally:
         await nc.close()
 

@@ -23,7 +23,6 @@ from vigil.core import embedded
 from vigil.core.bus import Bus, BusError, ensure_stream, kv, replayed
 from vigil.core.credentials import Credentials
 from vigil.core.subjects import Subjects
-from vigil.secure import permissions
 from vigil.secure.bundle import Bundle, init
 
 S = Subjects("vsec")
@@ -67,7 +66,7 @@ async def buses(server: Server) -> AsyncIterator[dict[str, Bus]]:
     out["n2-heart"] = await as_role(server, "node-n2")
     # the operator sets the bus up: every bucket and the event stream
     await ensure_stream(out["operator"])
-    for bucket in permissions.all_buckets(S):
+    for bucket in S.all_buckets:
         await kv(out["operator"], bucket)
     try:
         yield out
@@ -262,7 +261,7 @@ def test_the_cli_with_operator_and_reader_credentials(server: Server, tmp_path: 
 
     async def services_started() -> None:  # membership and placement create the other buckets
         bus = await as_role(server, "placement")
-        for bucket in permissions.all_buckets(S):
+        for bucket in S.all_buckets:
             await kv(bus, bucket)
         await bus.close()
 

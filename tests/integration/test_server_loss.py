@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from vigil.core import status
+from vigil.core import redundancy, status
 from vigil.core.bus import Bus, encode, kv, now
 from vigil.core.clusterconfig import store
 from vigil.core.kvcache import KVCache
@@ -341,5 +341,40 @@ async def test_status_answers_while_a_bucket_elects_a_leader(
         web1 = view.group("web1")
         assert web1 is not None and (web1.node, web1.epoch) == ("n2", 3)
         assert [(n.name, n.state) for n in view.nodes] == [("n1", "lost"), ("n2", "up")]
+    finally:
+        await cli.close()
+
+
+async def test_status_names_the_streams_a_dead_server_left_without_redundancy(
+    cluster: NatsCluster, ours: Client, subjects: Subjects
+) -> None:
+    """``vigil status`` lists what is not redundant now (a stream electing, a replica behind),
+    and nothing once the server is back and caught up: the chaos run waits for that before
+    each schedule, so one schedule's election is not the next one's second fault."""
+    s = subjects
+    cli = await Bus.connect(cluster.urls, s, "cli", name="test", persistent=True)
+    stream = f"KV_{s.bucket_placement}"
+
+    async def degraded_until(done: Callable[[list[str]], bool]) -> list[str]:
+        async with asyncio.timeout(FAILOVER_DEADLINE):
+            while True:
+                try:
+                    found = await redundancy.degraded(cli)
+                except Exception:  # our own connection moving to a server left
+                    found = None
+                if found is not None and done(found):
+                    return found
+                await asyncio.sleep(0.1)
+
+    try:
+        await kv(cli, s.bucket_placement)
+        await kv(cli, s.bucket_nodes)
+        assert await degraded_until(lambda found: not found) == []
+        old = await leader_of(ours, stream)
+        cluster.kill(old)
+        found = await degraded_until(lambda found: any(ln.startswith(f"{stream}:") for ln in found))
+        assert all(ln.split(":")[0] in (stream, f"KV_{s.bucket_nodes}") for ln in found), found
+        cluster.start(old)
+        assert await degraded_until(lambda found: not found) == []
     finally:
         await cli.close()

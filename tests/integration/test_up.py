@@ -26,7 +26,6 @@ from vigil.core.bus import Bus, BusError
 from vigil.core.credentials import Credentials
 from vigil.core.subjects import Subjects
 from vigil.secure.bundle import Bundle
-from vigil.secure.permissions import buckets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +72,7 @@ async def stream_copies(urls: str, reader: Credentials) -> dict[str, int]:
     try:
         js = nc.jetstream()
         s = Subjects()
-        names = [*(f"KV_{b}" for b in buckets(s)), s.stream]
+        names = [*(f"KV_{b}" for b in s.buckets), s.stream]
         infos = [await created(js, n) for n in names]
         return {i.config.name: 1 + len(i.cluster.replicas or []) if i.cluster else 1 for i in infos}
     finally:

@@ -151,12 +151,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..core import status
+    from ..core import redundancy, status
 
     async def go() -> status.StatusView:
         bus = await cli_bus(args)
         try:
-            return await status.read(bus)
+            view, degraded = await asyncio.gather(status.read(bus), redundancy.degraded(bus))
+            view.bus = degraded
+            return view
         finally:
             await bus.close()
 

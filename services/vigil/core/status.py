@@ -44,6 +44,8 @@ class StatusView(msgspec.Struct, omit_defaults=True):
     groups: list[GroupView]
     # node services running under a name the cluster file does not list (they touch nothing)
     strays: list[str] = msgspec.field(default_factory=list)
+    # streams not fully redundant now (``redundancy.degraded``): one more server death hurts
+    bus: list[str] = msgspec.field(default_factory=list)
 
     def group(self, name: str) -> GroupView | None:
         return next((g for g in self.groups if g.name == name), None)
@@ -160,6 +162,9 @@ def render_table(view: StatusView) -> str:
     lines = [f"cluster {view.cluster or '(no cluster file applied)'}", "", f"{'NODE':<12} STATE"]
     lines += [f"{n.name:<12} {n.state}" for n in view.nodes]
     lines += [f"{name}: heartbeating but not in the cluster file" for name in view.strays]
+    if view.bus:
+        lines += ["", "BUS (not redundant now: one more server death stops what it stores)"]
+        lines += view.bus
     head = (
         f"{'GROUP':<12} {'NODE':<8} {'MODE':<9} {'ADDRESS':<20} {'PREFERRED':<10} {'SWITCHING':<10}"
     )

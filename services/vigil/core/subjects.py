@@ -125,6 +125,24 @@ class Subjects:
     def bucket_intents(self) -> str:
         return f"{self.root}_intents"
 
+    @property
+    def buckets(self) -> list[str]:
+        """The buckets every cluster has (created by whichever service starts first)."""
+        return [
+            self.bucket_config,
+            self.bucket_nodes,
+            self.bucket_leases,
+            self.bucket_placement,
+            self.bucket_observed,
+            self.bucket_services,
+            self.bucket_intents,
+        ]
+
+    @property
+    def all_buckets(self) -> list[str]:
+        """Those and the ones created only when used: fencing, once a fence is configured."""
+        return [*self.buckets, self.bucket_fencing]
+
     def intent(self, group: str) -> str:
         return f"{self.root}.intent.{group}"
 

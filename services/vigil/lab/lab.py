@@ -26,7 +26,6 @@ from ..core.clusterconfig import store
 from ..core.credentials import Credentials
 from ..core.subjects import Subjects
 from ..secure import bundle as bundle_mod
-from ..secure import permissions
 from ..secure.serverconf import member_conf
 from . import keeper
 from .netns import LabError, exec_in, ip, namespaces, pids_in
@@ -352,7 +351,7 @@ class Lab:
         bus = await self.connect(state, "lab")
         try:
             s = bus.subjects
-            for bucket in permissions.buckets(s):
+            for bucket in s.buckets:
                 if bucket == s.bucket_config:
                     continue
                 await kv(bus, bucket, copies=copies)

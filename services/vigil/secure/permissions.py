@@ -63,32 +63,14 @@ def _read_events(s: Subjects) -> list[str]:
     ]
 
 
-def buckets(s: Subjects) -> list[str]:
-    """The buckets every cluster has (created by whichever service starts first)."""
-    return [
-        s.bucket_config,
-        s.bucket_nodes,
-        s.bucket_leases,
-        s.bucket_placement,
-        s.bucket_observed,
-        s.bucket_services,
-        s.bucket_intents,
-    ]
-
-
-def all_buckets(s: Subjects) -> list[str]:
-    """Those and the ones created only when used: fencing, once a fence is configured."""
-    return [*buckets(s), s.bucket_fencing]
-
-
 def _read_all(s: Subjects) -> list[str]:
-    return [rule for b in all_buckets(s) for rule in _read_bucket(s, b)] + _read_events(s)
+    return [rule for b in s.all_buckets for rule in _read_bucket(s, b)] + _read_events(s)
 
 
 def _create_all(s: Subjects) -> list[str]:
     """Creating (never updating or deleting) Vigil's buckets and event stream: whichever of the
     cluster-wide services or the operator starts first sets them up."""
-    return [f"{JS}.STREAM.CREATE.{_stream(s, b)}" for b in all_buckets(s)] + [
+    return [f"{JS}.STREAM.CREATE.{_stream(s, b)}" for b in s.all_buckets] + [
         f"{JS}.STREAM.CREATE.{s.stream}"
     ]
 
