@@ -37,7 +37,7 @@ from vigil.wire.records import (
     ServiceRecord,
 )
 
-from ..core.bus import Bus, encode, ensure_stream, get_record, kv
+from ..core.bus import Bus, compare_and_set, ensure_stream, get_record, kv
 from ..core.errors import Conflict
 from ..core.reconciler import Reconciler, group_of
 from ..core.subjects import address_key
@@ -202,7 +202,7 @@ class PlacementService(Reconciler):
             if new == current:
                 return
             try:
-                revision = await self.placement_bucket.update(group, encode(new), last=entry_rev)
+                revision = await compare_and_set(self.placement_bucket, group, new, entry_rev)
             except Exception:
                 fresh = await get_record(self.placement_bucket, group, Placement)
                 entry = await self.placement_bucket.get(group)
@@ -317,13 +317,9 @@ class PlacementService(Reconciler):
                 continue
             record = ServiceRecord(service.name, new, (current.epoch if current else 0) + 1)
             try:
-                if current is None:
-                    revision = await self.services_bucket.create(service.name, encode(record))
-                else:
-                    last = self.services.revision(service.name) or 0
-                    revision = await self.services_bucket.update(
-                        service.name, encode(record), last=last
-                    )
+                # against our copy's revision, or an unreadable record's (ours to rewrite)
+                last = self.services.last(service.name)
+                revision = await compare_and_set(self.services_bucket, service.name, record, last)
             except KeyWrongLastSequenceError:
                 # Our copy is stale (another replica wrote, or our watch missed it): take the
                 # bucket's record now, and decide again on it; never retry on the stale one.
@@ -364,16 +360,14 @@ class PlacementService(Reconciler):
         """Store with compare-and-set on ``previous``'s revision ``last``; publish only when this
         replica's write won."""
         key = decision.group
-        try:
-            if key in self.placements.unreadable and previous is None:
-                # a record that does not decode is ours to rewrite (compare-and-set on it)
+        expected: int | None = last
+        if previous is None:
+            # a record that does not decode is ours to rewrite (compare-and-set on it)
+            expected = self.placements.unreadable.get(key)
+            if expected is not None:
                 log.warning("rewriting the unreadable placement record of %s", key)
-                last = self.placements.unreadable[key]
-                revision = await self.placement_bucket.update(key, encode(decision), last=last)
-            elif previous is None:
-                revision = await self.placement_bucket.create(key, encode(decision))
-            else:
-                revision = await self.placement_bucket.update(key, encode(decision), last=last)
+        try:
+            revision = await compare_and_set(self.placement_bucket, key, decision, expected)
         except KeyWrongLastSequenceError as exc:
             await self.reread(key)
             raise Conflict(f"placement of {key} changed under us") from exc
