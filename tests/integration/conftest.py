@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 from uuid import uuid4
@@ -113,6 +114,9 @@ class Hearts:
 
 
 # -- services under test -------------------------------------------------------------------------
+STOP_DEADLINE = 30.0  # seconds for every service task to end once cancelled
+
+
 class Services:
     """Starts services as tasks, each on its own Bus; cancels and closes them all at teardown."""
 
@@ -137,6 +141,14 @@ class Services:
     async def aclose(self) -> None:
         for task in reversed(self.tasks):
             task.cancel()
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=STOP_DEADLINE)
+            if pending:  # a task that ignores its cancellation: say where every task is
+                for task in asyncio.all_tasks():
+                    print(f"-- task {task.get_name()}", file=sys.stderr)
+                    task.print_stack(file=sys.stderr)
+                names = sorted(t.get_name() for t in pending)
+                raise AssertionError(f"service tasks did not stop when cancelled: {names}")
         results = await asyncio.gather(*self.tasks, return_exceptions=True)
         for bus in reversed(self.buses):
             await bus.close()

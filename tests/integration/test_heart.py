@@ -11,11 +11,15 @@ import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 
+from nats.aio.msg import Msg
+
 from vigil.address.heart import Beat, Heart
-from vigil.core.bus import Bus
+from vigil.core.bus import Bus, encode
 from vigil.core.clusterconfig import store
+from vigil.core.lease import lapse_grace
 from vigil.core.subjects import Subjects
 from vigil.membership.service import Membership
+from vigil.wire.events import LeaseGranted
 
 from .conftest import DEADLINE, Services, make_spec
 
@@ -130,3 +134,71 @@ async def test_the_heart_keeps_the_lease_while_the_service_loop_is_blocked(
     finally:
         await heart.stop()
         await membership.stop()
+
+
+class Granter:
+    """A stand-in membership: answers each heartbeat with a grant of ``incarnation``, unless
+    it is ``silent`` (a heartbeat lost to a server's death, a membership unreachable)."""
+
+    def __init__(self, bus: Bus, node: str) -> None:
+        self.bus, self.node = bus, node
+        self.incarnation, self.silent = 1, False
+
+    async def start(self) -> None:
+        await self.bus.nc.subscribe(self.bus.subjects.heartbeat(self.node), cb=self.on_beat)
+
+    async def on_beat(self, msg: Msg) -> None:
+        if not self.silent:
+            grant = LeaseGranted(
+                **self.bus.stamp(), node=self.node, incarnation=self.incarnation, ttl=60.0
+            )
+            await msg.respond(encode(grant))
+
+    async def silence(self, seconds: float) -> None:
+        self.silent = True
+        await asyncio.sleep(seconds)  # the length of the fault is the point of the test
+        self.silent = False
+
+
+async def test_a_short_lapse_is_renewed_and_a_long_one_or_a_new_incarnation_lets_go(
+    services: Services,
+) -> None:
+    """A fence that lapsed is taken up again on a grant for the same incarnation within
+    ``lapse_grace`` (no replica declared the node lost: nothing of it moved); it lets go of
+    everything after a longer lapse, or on a grant for a new incarnation."""
+    heartbeat, lease = 0.1, 0.5  # the fence lasts 0.3 s, the grace 1 s
+    fence, beats = RecordingFence(), Beats()
+    granter = Granter(await services.bus("membership", "m1"), "n1")
+    await granter.start()
+    heart = Heart(
+        await services.bus("address", "n1"), "n1", fence, lambda: (heartbeat, lease), beats
+    )
+
+    async def held_then(silent: float) -> list[Beat]:
+        await beats.until(lambda seen: bool(seen) and seen[-1].granted)
+        await heart.hold([VIP], [VIP], beats.seen[-1].generation)
+        mark = len(beats.seen)
+        await granter.silence(silent)
+        await beats.until(lambda seen: len(seen) > mark and seen[-1].granted)
+        return beats.seen[mark:]
+
+    try:
+        await heart.start()
+        services.spawn(heart.beating(), "heart-n1")
+        short = await held_then(0.6)  # past the fence (0.3 s), within fence + grace
+        assert any(not b.granted for b in short), "the silence was not seen"
+        assert [b.drop for b in short if b.drop] == []
+        assert fence.renewals[-1][1] == [VIP], "the lease was not taken up again"
+
+        long = await held_then(lapse_grace(lease) + 0.8)
+        assert [b.drop for b in long if b.drop] == ["lease lapsed"]
+        assert fence.renewals[-1][1] == []
+
+        granter.incarnation = 2  # declared lost while it was silent, and rejoined
+        lost = await held_then(0.6)
+        assert [b.drop for b in lost if b.drop] == [
+            "membership declared n1 lost; now incarnation 2"
+        ]
+        assert fence.renewals[-1][1] == []
+    finally:
+        await heart.stop()

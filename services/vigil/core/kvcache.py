@@ -23,6 +23,8 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from .runner import stop_if_cancelled
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CONSUMER_CHECK = 1.0  # seconds between checks that the watch's consumer still exists
@@ -106,6 +108,7 @@ class KVCache(Generic[T]):
     async def run(self) -> None:
         """Watch forever; restart the watch if it dies (reconnects, server restarts)."""
         while True:
+            stop_if_cancelled()
             try:
                 await self._watch()
             except asyncio.CancelledError:
@@ -149,7 +152,8 @@ class KVCache(Generic[T]):
     async def _stop_on_reconnect(self, watcher: KeyValue.KeyWatcher) -> None:
         reconnects = self._reconnects()
         # nats-py's reconnect callback belongs to the connection's owner: poll its counter
-        while self._reconnects() == reconnects:  # noqa: ASYNC110
+        while self._reconnects() == reconnects:
+            stop_if_cancelled()
             await asyncio.sleep(0.1)
         log.info("%s: reconnected; watching anew", self.bucket._name)
         await watcher.stop()  # type: ignore[no-untyped-call]  # ends _follow's iteration
@@ -163,6 +167,7 @@ class KVCache(Generic[T]):
         reads every key again (a restart while JetStream elects leaders only costs a retry)."""
         missed = 0
         while missed < 2:
+            stop_if_cancelled()
             await asyncio.sleep(CONSUMER_CHECK)
             if self.connection is not None and not self.connection.is_connected:
                 missed = 0

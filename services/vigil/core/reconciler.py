@@ -28,7 +28,7 @@ from .bus import Bus
 from .clusterconfig import ConfigSource
 from .errors import Conflict, Permanent, ReconcileError, Transient, classify
 from .kvcache import KVCache
-from .runner import every
+from .runner import every, stop_if_cancelled
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class Reconciler:
         for cache in self.caches:
             await cache.ready.wait()
         while True:
+            stop_if_cancelled()
             keys = self.queue.take(time.monotonic())
             if keys:
                 await self.reconcile_batch(keys)
@@ -113,8 +114,10 @@ class Reconciler:
             wait = self.queue.next_wake(time.monotonic())
             if wait == 0.0:
                 continue
+            # not wait_for, which may swallow a cancellation (runner.stop_if_cancelled)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self.wake.wait()
 
     async def reconcile_batch(self, keys: list[str]) -> None:
         try:

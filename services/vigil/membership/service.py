@@ -32,7 +32,7 @@ from ..core.bus import Bus, compare_and_set, encode, ensure_stream, kv, now, rep
 from ..core.clusterconfig import ConfigSource
 from ..core.kvcache import KVCache
 from ..core.lease import fence_ttl
-from ..core.runner import every
+from ..core.runner import every, stop_if_cancelled
 from . import leases
 
 log = logging.getLogger(__name__)
@@ -344,6 +344,7 @@ class Membership:
 
     async def check_loop(self) -> None:
         while True:
+            stop_if_cancelled()
             interval = 0.05
             if self.config.spec is not None and self.records is not None:
                 heartbeat, lease = self.timing()
@@ -454,6 +455,7 @@ class Membership:
     # -- the two buckets' leaders ----------------------------------------------------------------
     async def keep_leaders_apart(self) -> None:
         while True:
+            stop_if_cancelled()
             await asyncio.sleep(LEADERS_CHECK * (1 + random.random()))
             try:
                 await self.separate_leaders()

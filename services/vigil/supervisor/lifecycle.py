@@ -125,7 +125,8 @@ class GroupRun:
 
     async def sleep_unless_halted(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.halting.wait(), delay)
+            async with asyncio.timeout(delay):  # not wait_for: core/runner.stop_if_cancelled
+                await self.halting.wait()
 
     async def command(self, command: str, timeout: float) -> int | None:
         """A hook or a daemon's start/stop/check, as the app's user, in its workdir."""

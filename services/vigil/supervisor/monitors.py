@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from vigil.wire.cluster import Monitor
 
+from ..core.runner import stop_if_cancelled
 from .process import render_command
 
 
@@ -120,6 +121,7 @@ async def watch(monitors: list[Monitor], address: str, env: Mapping[str, str]) -
     async def one(monitor: Monitor) -> None:
         count = Count(monitor.failures)
         while True:
+            stop_if_cancelled()
             await asyncio.sleep(monitor.interval)
             reason = await probe(monitor, address, env)
             if count.observe(reason) and not tripped.done():

@@ -37,6 +37,7 @@ from vigil.wire.records import (
 
 from ..core.bus import Bus, encode, kv
 from ..core.reconciler import Reconciler, group_of
+from ..core.runner import stop_if_cancelled
 from ..core.stray import wait_until_listed
 from ..core.subjects import address_key, app_key
 from .bindable import LocalAddresses, local_addresses
@@ -124,6 +125,7 @@ class Supervisor(Reconciler):
         are fenced by then; stop its apps too, so a restart group never runs twice for long."""
         last_ok = time.monotonic()
         while True:
+            stop_if_cancelled()
             spec = self.config.spec
             heartbeat = spec.cluster.timing.heartbeat if spec else 0.2
             fence = (spec.cluster.timing.lease if spec else 0.8) - 2 * heartbeat
