@@ -372,8 +372,9 @@ async def test_status_names_the_streams_a_dead_server_left_without_redundancy(
         assert await degraded_until(lambda found: not found) == []
         old = await leader_of(ours, stream)
         cluster.kill(old)
-        found = await degraded_until(lambda found: any(ln.startswith(f"{stream}:") for ln in found))
-        assert all(ln.split(":")[0] in (stream, f"KV_{s.bucket_nodes}") for ln in found), found
+        # the placement stream is named (others too if the dead server led them, or led the
+        # meta group: then even a stream that does not exist gets no answer)
+        await degraded_until(lambda found: any(ln.startswith(f"{stream}:") for ln in found))
         cluster.start(old)
         assert await degraded_until(lambda found: not found) == []
     finally:
