@@ -16,7 +16,6 @@ from nats.aio.msg import Msg
 from vigil.address.heart import Beat, Heart
 from vigil.core.bus import Bus, encode
 from vigil.core.clusterconfig import store
-from vigil.core.lease import lapse_grace
 from vigil.core.subjects import Subjects
 from vigil.membership.service import Membership
 from vigil.wire.events import LeaseGranted
@@ -160,13 +159,16 @@ class Granter:
         self.silent = False
 
 
-async def test_a_short_lapse_is_renewed_and_a_long_one_or_a_new_incarnation_lets_go(
+async def test_a_lapse_lets_go_at_once_even_when_the_next_grant_keeps_the_incarnation(
     services: Services,
 ) -> None:
-    """A fence that lapsed is taken up again on a grant for the same incarnation within
-    ``lapse_grace`` (no replica declared the node lost: nothing of it moved); it lets go of
-    everything after a longer lapse, or on a grant for a new incarnation."""
-    heartbeat, lease = 0.1, 0.5  # the fence lasts 0.3 s, the grace 1 s
+    """A fence that lapsed lets go of everything on the next heartbeat's outcome, even a short
+    lapse followed by a grant for the same incarnation (no replica declared the node lost):
+    while a lapsed node keeps its address on the interface, its supervisor, reconnecting with
+    stale caches, may start a restart group's app beside the one its replacement started (a
+    review of a "grace" that renewed such lapses; docs/safety.md, "A lapse releases
+    everything"). A grant for a new incarnation lets go too."""
+    heartbeat, lease = 0.1, 0.5  # the fence lasts 0.3 s
     fence, beats = RecordingFence(), Beats()
     granter = Granter(await services.bus("membership", "m1"), "n1")
     await granter.start()
@@ -177,6 +179,7 @@ async def test_a_short_lapse_is_renewed_and_a_long_one_or_a_new_incarnation_lets
     async def held_then(silent: float) -> list[Beat]:
         await beats.until(lambda seen: bool(seen) and seen[-1].granted)
         await heart.hold([VIP], [VIP], beats.seen[-1].generation)
+        assert fence.renewals[-1][1] == [VIP]
         mark = len(beats.seen)
         await granter.silence(silent)
         await beats.until(lambda seen: len(seen) > mark and seen[-1].granted)
@@ -185,17 +188,13 @@ async def test_a_short_lapse_is_renewed_and_a_long_one_or_a_new_incarnation_lets
     try:
         await heart.start()
         services.spawn(heart.beating(), "heart-n1")
-        short = await held_then(0.6)  # past the fence (0.3 s), within fence + grace
-        assert any(not b.granted for b in short), "the silence was not seen"
-        assert [b.drop for b in short if b.drop] == []
-        assert fence.renewals[-1][1] == [VIP], "the lease was not taken up again"
-
-        long = await held_then(lapse_grace(lease) + 0.8)
-        assert [b.drop for b in long if b.drop] == ["lease lapsed"]
-        assert fence.renewals[-1][1] == []
+        short = await held_then(0.6)  # past the fence (0.3 s), shorter than the lease
+        assert [b.drop for b in short if b.drop] == ["lease lapsed"]
+        assert fence.renewals[-1][1] == [], "a lapsed lease was taken up again"
+        assert {b.incarnation for b in short} == {1}
 
         granter.incarnation = 2  # declared lost while it was silent, and rejoined
-        lost = await held_then(0.6)
+        lost = await held_then(0.2)  # within the fence: only the incarnation says it
         assert [b.drop for b in lost if b.drop] == [
             "membership declared n1 lost; now incarnation 2"
         ]

@@ -7,8 +7,7 @@ busy service loop (or a slow handler) cannot hold up a heartbeat or a fence rene
 GIL is shared, and it changes hands every few milliseconds.
 
 The heart owns the lease (docs/safety.md): the fence is renewed only on a grant, up to when the
-heartbeat left; an incarnation change, or a lease lapsed for longer than ``lapse_grace``, lets
-go of everything. Every fence
+heartbeat left; an incarnation change or a lapsed lease lets go of everything. Every fence
 operation, the service's included, runs on the heart's loop under one lock: nft never runs
 twice at once, and libnftables' context is used from one thread.
 
@@ -36,7 +35,7 @@ import msgspec
 from vigil.wire.events import Heartbeat, LeaseGranted
 
 from ..core.bus import Bus, encode
-from ..core.lease import fence_ttl, lapse_grace
+from ..core.lease import fence_ttl
 from ..core.runner import stop_if_cancelled
 
 log = logging.getLogger(__name__)
@@ -181,7 +180,7 @@ class Heart:
         while True:
             stop_if_cancelled()
             heartbeat, lease = self.timing()
-            ttl, grace = fence_ttl(heartbeat, lease), lapse_grace(lease)
+            ttl = fence_ttl(heartbeat, lease)
             started = time.monotonic()
             drop: str | None = None
             try:
@@ -194,10 +193,12 @@ class Heart:
                 if grant.node != self.node:
                     raise ValueError(f"a lease for {grant.node!r} answered our heartbeat")
                 async with self._lock:
-                    # A lease lapsed for long (we were frozen, or cut off) is not taken up
-                    # again: let go, the service re-reads the bus before taking anything back.
-                    # A short lapse with our incarnation unchanged is renewed (``lapse_grace``).
-                    if self.leased and time.monotonic() >= self.expiry + grace:
+                    # A lease may only be extended while it still holds: once it lapsed (we
+                    # were frozen, or cut off) the cluster may have moved our groups, and even
+                    # with our incarnation unchanged the address must go now: while it is on
+                    # the interface a supervisor reading stale caches may start the app beside
+                    # its replacement (docs/safety.md, "A lapse releases everything").
+                    if self.leased and time.monotonic() >= self.expiry:
                         drop = self._drop("lease lapsed")
                     if grant.incarnation != self.incarnation:
                         # Declared lost meanwhile (and rejoined): what we held is no longer
@@ -227,8 +228,8 @@ class Heart:
                 )
             else:
                 self.missed = 0
-            if time.monotonic() >= self.expiry + grace and self.leased:
-                drop = self._drop("lease lapsed")  # the kernel let go long ago
+            if time.monotonic() >= self.expiry and self.leased:
+                drop = self._drop("lease lapsed")  # the kernel let go already
             self._tell(
                 Beat(
                     self.expiry,

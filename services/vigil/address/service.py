@@ -132,15 +132,7 @@ class AddressService(Reconciler):
     def on_beat(self, beat: Beat) -> None:
         """How the heart's last heartbeat went (on our loop). Only a grant extends the fence;
         the heart does that on its own thread (address/heart.py): this learns the outcome."""
-        # A short lapse renewed (core.lease.lapse_grace): a neighbour whose ARP went
-        # unanswered meanwhile would only ask again a second later; tell it now.
-        resumed = beat.granted and beat.drop is None and self.held and not self.in_lease()
         self.fence_expiry = beat.expiry
-        if resumed and self.netlink is not None:
-            log.warning("lease renewed after a lapse: %s answer again", sorted(self.held))
-            for address, group in self.managed().items():
-                if group in self.held:
-                    self._garp_again(self.netlink.ifname, address.ip, group)
         self.missed = beat.missed
         self.generation = beat.generation  # it changes only with a drop
         if beat.drop is not None:
