@@ -26,8 +26,9 @@ def streams(s: Subjects) -> list[str]:
 
 
 async def degraded(bus: Bus) -> list[str]:
-    """One line per stream that is not fully redundant now, in stream order (empty: all are);
-    a stream that does not exist is not listed."""
+    """One line per stream that is not fully redundant now, in stream order (empty: all are).
+    A stream that does not exist is not listed, except while the servers elect their meta
+    leader: then no stream's info is answered, and every one is listed as unanswered."""
 
     async def one(name: str) -> str:
         try:
