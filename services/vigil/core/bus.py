@@ -392,6 +392,19 @@ async def kv(bus: Bus, bucket: str, *, history: int = 1, copies: int | None = No
 
 # What a JetStream cluster answers while it is still electing a stream's leader.
 ELECTING = (nats_errors.TimeoutError, ServiceUnavailableError, NoRespondersError)
+# JetStream's error code for "no suitable peers for placement": too few servers are up to place
+# a new stream's replicas (a cluster still forming, or a server down).
+NO_PEERS = 10005
+
+
+class NotPlaceable(Exception):
+    """A stream could not be created yet for want of servers: retried like an election (a
+    service started beside a just-formed cluster failed at once: CI)."""
+
+
+def _unless_placeable(exc: BaseException) -> None:
+    if isinstance(exc, APIError) and exc.err_code == NO_PEERS:
+        raise NotPlaceable(str(exc)) from exc
 
 
 async def until_elected(call: Callable[[], Awaitable[T]], what: str, bus: Bus) -> T:
@@ -406,7 +419,7 @@ async def until_elected(call: Callable[[], Awaitable[T]], what: str, bus: Bus) -
     while True:
         try:
             return await call()
-        except (*ELECTING, NoStreamResponseError) as exc:
+        except (*ELECTING, NoStreamResponseError, NotPlaceable) as exc:
             if len(bus.denied) > refused or asyncio.get_running_loop().time() + pause > deadline:
                 raise
             log.warning("%s not available yet (%r); retrying in %.1fs", what, exc, pause)
@@ -430,8 +443,12 @@ async def _open_kv(bus: Bus, bucket: str, history: int, copies: int | None) -> K
                     direct=True,  # any replica answers a reader's get: see replica_reader
                 )
             )
-        except Exception:
-            await bus.js_quick.key_value(bucket)  # lost a creation race: use the winner's
+        except Exception as exc:
+            try:
+                await bus.js_quick.key_value(bucket)  # lost a creation race: use the winner's
+            except (BucketNotFoundError, NotFoundError):
+                _unless_placeable(exc)  # too few servers up yet: retried
+                raise
     # A service reads from the stream's leader (never behind its own writes), even where the
     # bucket allows direct gets from any replica.
     return _handle(bus, bucket, direct=False)
@@ -474,6 +491,7 @@ async def ensure_stream(bus: Bus, copies: int | None = None) -> None:
         except ServiceUnavailableError:
             raise  # JetStream not ready yet: retried below
         except APIError as exc:  # exists with another config: keep it
+            _unless_placeable(exc)  # too few servers up yet: retried
             log.debug("stream %s: %s", config.name, exc)
 
     # While the servers still elect their meta leader (a cluster just started, as by `vigil
