@@ -152,8 +152,7 @@ class KVCache(Generic[T]):
     async def _stop_on_reconnect(self, watcher: KeyValue.KeyWatcher) -> None:
         reconnects = self._reconnects()
         # nats-py's reconnect callback belongs to the connection's owner: poll its counter
-        while self._reconnects() == reconnects:
-            stop_if_cancelled()
+        while self._reconnects() == reconnects:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         log.info("%s: reconnected; watching anew", self.bucket._name)
         await watcher.stop()  # type: ignore[no-untyped-call]  # ends _follow's iteration

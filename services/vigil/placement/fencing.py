@@ -177,9 +177,7 @@ class Fencer:
             error=record.error if record else "",
         )
         try:
-            revision = await compare_and_set(
-                self.bucket, key, claim, revision if record is not None else None
-            )
+            revision = await compare_and_set(self.bucket, key, claim, revision)
         except KeyWrongLastSequenceError:
             await self.records.reread(key)  # another replica's: its record tells us the rest
             return
