@@ -4,6 +4,7 @@ by today's services, so a rolling upgrade keeps working (schemas/README.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from nats.aio.client import Client
@@ -59,7 +60,19 @@ async def test_events_with_a_field_they_do_not_know_reach_their_handlers(
         "silent_for": 0.3,
         "cause": "a field this version does not know",
     }
-    await client.publish(s.node_lost("n1"), json.dumps(lost).encode())
-    event = await asyncio.wait_for(got.get(), DEADLINE)
+
+    async def delivered() -> NodeLost:
+        # Published again each half second until it arrives: in 2 CI runs of about 10 the one
+        # publication never reached the subscription (flushed, on one server; cause not found).
+        # This test is about the unknown field being accepted, which a retry does not hide: a
+        # rejected event never arrives, and is counted in ``bus.dropped``.
+        while True:
+            await client.publish(s.node_lost("n1"), json.dumps(lost).encode())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    return await got.get()
+
+    async with asyncio.timeout(DEADLINE):
+        event = await delivered()
     assert (event.node, event.silent_for) == ("n1", 0.3)
     assert not bus.dropped
