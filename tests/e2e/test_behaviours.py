@@ -734,9 +734,12 @@ class TestMoves:
         acquired, _ = moves.events.wait(AddressAcquired, STEP, mark, group="sw", node="n2")
         stopped, _ = moves.events.wait(AppStopped, STEP, mark, group="sw", node="n1")
         started, new = moves.events.wait(AppStarted, STEP, mark, group="sw", node="n2")
-        assert released.index < placed.index < acquired.index
+        # Causal order by the publishers' clocks (one machine): the order the recorder received
+        # events from different publishers in is not theirs (an address service reads the
+        # decision from the bucket's watch, and announced its acquisition before placement's
+        # own event arrived: CI, 1 run in about 10).
         assert ts(released) <= ts(placed) <= ts(acquired)
-        assert stopped.index < started.index and ts(stopped) <= ts(started)
+        assert ts(stopped) <= ts(started)
         assert not moves.events.select(AppStarted, mark, group="sw", node="n1")
         assert not alive(old.pid) and new.epoch == p.epoch
 
