@@ -8,10 +8,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import nats
+from nats.aio.msg import Msg
+
 from vigil.core import embedded
 from vigil.core.bus import Bus, encode, kv
 from vigil.core.kvcache import KVCache
 from vigil.core.subjects import Subjects
+from vigil.testing.server import NatsCluster
 from vigil.wire.records import Intent
 
 from .conftest import DEADLINE
@@ -76,3 +80,39 @@ async def test_a_cache_sees_changes_soon_after_the_server_comes_back(tmp_path: P
         for p in procs:
             p.terminate()
             p.wait(timeout=10)
+
+
+async def test_a_request_lost_with_its_server_is_sent_again_on_the_next(tmp_path: Path) -> None:
+    """The heartbeat of chaos seeds 3 and 71: in flight to a server that died, it was lost, and
+    the node waited out its timeout (and its lease). Sent again on the new connection, it is
+    answered well within the same timeout."""
+    with NatsCluster(tmp_path) as cluster:
+        bus = await Bus.connect(cluster.urls, Subjects("rs"), "address-heart", name="n1")
+        ours = cluster.urls.index(str(bus.nc.connected_url.geturl()))  # type: ignore[union-attr]
+        other = cluster.urls[(ours + 1) % len(cluster.urls)]
+        answerer = await nats.connect([other], name="answerer")
+        seen: list[bytes] = []
+        first = asyncio.Event()
+
+        async def answer(msg: Msg) -> None:
+            seen.append(msg.data)
+            if len(seen) == 1:
+                first.set()  # as if lost with the dying server: no answer
+            else:
+                await msg.respond(b"granted")
+
+        try:
+            await answerer.subscribe("rs.ask", cb=answer)
+            await answerer.flush()
+            await bus.nc.flush()
+            request = asyncio.create_task(bus.request_resent("rs.ask", b"beat", timeout=30.0))
+            async with asyncio.timeout(DEADLINE):
+                await first.wait()
+            cluster.kill(cluster.names[ours])
+            async with asyncio.timeout(DEADLINE):  # well inside the request's own 30 s
+                reply = await request
+            assert reply.data == b"granted"
+            assert seen == [b"beat", b"beat"]
+        finally:
+            await answerer.close()
+            await bus.close()

@@ -184,7 +184,9 @@ class Heart:
             started = time.monotonic()
             drop: str | None = None
             try:
-                reply = await hbus.nc.request(
+                # Sent again if the connection moves meanwhile: the fence still counts from
+                # ``started``, so an answer to the copy only shortens it.
+                reply = await hbus.request_resent(
                     hbus.subjects.heartbeat(self.node),
                     encode(Heartbeat(**hbus.stamp(), node=self.node)),
                     timeout=max(heartbeat, 0.05),
