@@ -425,7 +425,7 @@ class TestSupervision:
         )
 
         # placement bans n1 for web and moves it to the next node of its list
-        moved, m = sup.events.wait(
+        _, m = sup.events.wait(
             PlacementDecided,
             STEP_DEADLINE,
             final[0].index,
@@ -435,10 +435,13 @@ class TestSupervision:
         assert m.node == "n2", m
         released, _ = sup.events.wait(AddressReleased, STEP_DEADLINE, mark, group="web", node="n1")
         steps = run_method(sup.events, "web", "n2", since=mark)
-        assert released.index < steps[0].index and ts(released) <= ts(steps[0])
+        # Causal order by the publishers' clocks and the epoch, not by the order the recorder
+        # received events from different publishers in: n2 reads the decision from the
+        # bucket's watch and may announce its acquisition before placement's event arrives.
+        assert ts(released) <= ts(steps[0])
         acquired = steps[0].event
         assert isinstance(acquired, AddressAcquired)
-        assert moved.index < steps[0].index and m.epoch == acquired.epoch
+        assert m.epoch == acquired.epoch
         sup.wait_group("web", "n2", "failover", timeout=STEP_DEADLINE)
         sup.served(f"http://{WEB_VIP}/", "nginx on n2\n")
         assert sup.node_pids("n1", "nginx") == []

@@ -317,6 +317,16 @@ async def test_a_garbage_node_record_does_not_stop_the_node_joining(
     assert stored is not None and stored.state == "up"
 
 
+async def caches_running(sup: Supervisor) -> None:
+    """Until the supervisor's caches run: it subscribed to its events before, so one published
+    now reaches it (a single publication sent earlier could be lost)."""
+    async with asyncio.timeout(DEADLINE):
+        while True:  # the supervisor has no event for it
+            if getattr(sup, "placements", None) is not None and sup.placements.get("g1"):
+                break
+            await asyncio.sleep(0.02)
+
+
 async def test_the_app_follows_its_address_service_s_word_while_the_record_cannot_be_stored(
     client: Client, services: Services, subjects: Subjects, tmp_path: Path
 ) -> None:
@@ -335,6 +345,7 @@ async def test_the_app_follows_its_address_service_s_word_while_the_record_canno
     apps = await record(client, s.all_app_events("n1"))
     sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path, here)
     services.spawn(sup.run(), "supervisor-n1")
+    await caches_running(sup)
 
     async def say(kind: type[AddressAcquired | AddressReleased], epoch: int) -> None:
         event = kind(
@@ -380,11 +391,7 @@ async def test_an_acquisition_newer_than_the_cached_placement_is_read_from_the_b
     apps = await record(client, s.all_app_events("n1"))
     sup = Supervisor(await services.bus("supervisor", "n1"), "n1", tmp_path, here)
     services.spawn(sup.run(), "supervisor-n1")
-    async with asyncio.timeout(DEADLINE):
-        while True:  # the caches exist once the supervisor runs
-            if getattr(sup, "placements", None) is not None and sup.placements.get("g1"):
-                break
-            await asyncio.sleep(0.02)
+    await caches_running(sup)
     # The watch stalls (here: stops), then the decision and the acquisition come.
     watches = [t for t in asyncio.all_tasks() if t.get_name().startswith("watch-")]
     lagging = [t for t in watches if s.bucket_placement in t.get_name()]

@@ -13,12 +13,19 @@ from vigil.core.bus import get_record, kv
 from vigil.core.clusterconfig import store
 from vigil.core.subjects import Subjects
 from vigil.membership.service import Membership
+from vigil.wire.cluster import ClusterSpec
 from vigil.wire.events import NodeJoined, NodeLost
 from vigil.wire.records import NodeRecord
 
 from .conftest import DEADLINE, Hearts, Services, make_spec, of, record
 
-LEASE = 0.25  # the specs below: heartbeat 50ms, lease 250ms
+LEASE = 1.0  # the specs below: heartbeat 50ms, lease 1s
+# Long enough that a stall of the one event loop running every replica and every fake node (a
+# loaded CI machine) does not read as a node's death; the tests' waits scale with it.
+
+
+def timed_spec(nodes: list[str], groups: list[dict[str, Any]] | None = None) -> ClusterSpec:
+    return make_spec(nodes, groups, heartbeat="50ms", lease="1s")
 
 
 class ProbedMembership(Membership):
@@ -57,7 +64,7 @@ async def start_membership(
     """Store a spec with n1, n2; start ``replicas`` membership services and heartbeating agents
     for n1 and n2; return once every replica is listening."""
     cli = await services.bus("cli", "test")
-    await store(cli, make_spec(["n1", "n2"]))
+    await store(cli, timed_spec(["n1", "n2"]))
     replicas_ = []
     for i in range(replicas):
         m = ProbedMembership(await services.bus("membership", f"m{i + 1}"))
@@ -191,9 +198,9 @@ async def test_a_node_dropped_from_the_file_and_readded_while_dead_is_lost(
     await rec.expect(of(NodeJoined, node="n2"))
     cli = await services.bus("cli", "test2")
 
-    await m.applied(await store(cli, make_spec(["n1"])))  # n2 leaves the cluster file ...
+    await m.applied(await store(cli, timed_spec(["n1"])))  # n2 leaves the cluster file ...
     hearts.beating.discard("n2")  # ... and is switched off
-    await m.applied(await store(cli, make_spec(["n1", "n2"])))  # later it is listed again
+    await m.applied(await store(cli, timed_spec(["n1", "n2"])))  # later it is listed again
 
     # Its record still says "up" (placement and `vigil status` believe it), so membership
     # must give it a lease and declare it lost when that lapses.

@@ -118,10 +118,13 @@ async def test_live_nodes_are_not_declared_lost_while_the_nodes_bucket_elects_a_
     try:
         cli = await Bus.connect(cluster.urls, s, "cli", name="test", persistent=False)
         svc.buses.append(cli)
-        await store(cli, make_spec(["n1", "n2"], heartbeat="100ms", lease="500ms"))
+        # A lease well inside the 4-9 s election (the point of the test) but long enough that
+        # a reconnect of the agents' or a replica's connection (the dead server may have been
+        # theirs) does not, alone, outlast it on a loaded machine.
+        await store(cli, make_spec(["n1", "n2"], heartbeat="200ms", lease="2s"))
         rec = await record(ours, s.all_node_events)
         await memberships(cluster, svc)
-        hearts = Hearts(ours, s, interval=0.1)
+        hearts = Hearts(ours, s, interval=0.2)
         hearts.beating = {"n1", "n2"}
         svc.spawn(hearts.run(), "hearts")
         await rec.expect(of(NodeJoined, node="n1"))
