@@ -17,7 +17,7 @@ from vigil.core.bus import Bus, get_record, kv
 from vigil.core.clusterconfig import store
 from vigil.core.subjects import Subjects
 from vigil.wire.events import LeaseGranted, NodeJoined, NodeLost
-from vigil.wire.records import NodeRecord
+from vigil.wire.records import LeaseRecord, NodeRecord
 
 from .conftest import DEADLINE, Hearts, Services, of, record
 from .test_membership import LEASE, ProbedMembership, start_membership, timed_spec
@@ -121,3 +121,37 @@ async def test_after_a_nats_restart_every_node_is_learned_again_and_none_declare
         for p in procs:
             p.terminate()
             p.wait(timeout=10)
+
+
+async def test_no_loss_is_begun_while_the_nodes_bucket_does_not_answer(
+    client: Client, services: Services, subjects: Subjects
+) -> None:
+    """Chaos seed 71: n2 froze while the nodes bucket elected a leader. Its loss was begun (its
+    incarnation revoked in ``leases``) and could not be finished (``nodes`` did not answer);
+    thawed, n2 could be granted by neither bucket until the election was over. Now no loss is
+    begun while ``nodes`` fails: a node back within that time is granted by ``leases``."""
+    s = subjects
+    rec = await record(client, s.all_node_events)
+    (m,), hearts = await start_membership(services, client, s)
+    await rec.expect(of(NodeJoined, node="n1"))
+    await rec.expect(of(NodeJoined, node="n2"))
+    assert m.nodes is not None
+    update, electing = m.nodes.update, True
+
+    async def unanswered(key: str, value: bytes, last: int | None = None) -> int:
+        if electing:  # as a stream with no leader answers: not at all
+            raise nats.errors.TimeoutError
+        return int(await update(key, value, last=last))
+
+    m.nodes.update = unanswered  # type: ignore[method-assign]
+    leases_bucket = await kv(m.bus, s.bucket_leases)
+    mark = rec.mark()
+    hearts.beating.discard("n1")
+    await asyncio.sleep(3 * LEASE)  # silent for three leases: the length is the point
+    held = await get_record(leases_bucket, "n1", LeaseRecord)
+    assert held is not None and not held.revoked, held
+    hearts.beating.add("n1")
+    grant = await ask(client, hearts, "n1")  # back: granted by leases alone
+    assert grant.incarnation == 1
+    electing = False
+    await rec.none_within(of(NodeLost), since=mark, timeout=2 * LEASE)

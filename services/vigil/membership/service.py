@@ -70,6 +70,12 @@ class Membership:
         # declared lost. Safe: without a grant no fence is extended, the addresses go dark.
         self.bucket_down = False
         self.failures = 0  # grants that failed in a row, for rate-limited logging
+        # When (monotonic) a write in ``nodes`` last failed other than by compare-and-set (its
+        # stream electing a leader), None once one succeeded since. A loss is not begun
+        # meanwhile: its second write, in ``nodes``, would fail, and its first, the revocation
+        # in ``leases``, would leave the node grantable by neither bucket (chaos seed 71: a node
+        # thawed during the election kept no lease until it was over).
+        self.nodes_failed: float | None = None
         self.tg: asyncio.TaskGroup | None = None
         self.granting: set[tuple[str, str]] = set()  # (node, bucket): a grant being stored
 
@@ -210,12 +216,15 @@ class Membership:
                 held = await self.grant_lease(node)
                 return ((held.incarnation, held.granted_until) if held else None), None
             record = await self.grant(node)
+            self.nodes_failed = None
             if record is None or record.granted_until is None:
                 return None, None
             return (record.incarnation, record.granted_until), None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if kind == NODES:
+                self.nodes_failed = time.monotonic()
             return None, exc
         finally:
             self.granting.discard((node, kind))
@@ -384,6 +393,8 @@ class Membership:
         fence = fence_ttl(heartbeat, lease)
         names = sorted(n.name for n in self.config.spec.nodes)
         due = [n for n in names if self.overdue(n, lease, fence) is not None]
+        if due and self.nodes_unanswered(lease):
+            return  # its declaration could not finish: wait until ``nodes`` answers again
         if due:
             await self.drain_heartbeats()
         for node in due:
@@ -398,6 +409,12 @@ class Membership:
                     # grant, another replica's declaration) makes it fail.
                     if await self.revoke(node, record, lease, fence):
                         await self.declare_lost(node, record, revision, silent)
+
+    def nodes_unanswered(self, lease: float) -> bool:
+        """Did a write in ``nodes`` fail within a lease, with none stored since? (Only for a
+        lease: with no heartbeat to write, the next declaration is the next try.)"""
+        failed = self.nodes_failed
+        return failed is not None and time.monotonic() - failed < lease
 
     async def revoke(self, node: str, record: NodeRecord, lease: float, fence: float) -> bool:
         """Revoke ``record``'s incarnation in ``leases`` (first of a loss declaration): True once
@@ -433,8 +450,10 @@ class Membership:
                 log.info("node %s: record changed under us, now %s", node, fresh)
             return
         except Exception as exc:  # electing a leader (the other bucket still grants meanwhile)
+            self.nodes_failed = time.monotonic()
             log.info("could not declare %s lost (%s); will retry", node, exc)
             return
+        self.nodes_failed = None
         self.records.note(node, revision, lost)
         log.warning("node %s lost: silent for %.3fs", node, silent)
         event = NodeLost(**self.bus.stamp(), node=node, silent_for=round(silent, 4))
