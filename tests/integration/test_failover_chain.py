@@ -17,7 +17,7 @@ from .test_membership import LEASE, ProbedMembership, timed_spec
 NODES = ["n1", "n2", "n3"]
 
 
-async def test_node_loss_moves_its_group_within_a_lease_and_a_little(
+async def test_node_loss_moves_its_group_to_the_next_node_once(
     client: Client, services: Services, subjects: Subjects
 ) -> None:
     s = subjects

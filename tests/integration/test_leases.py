@@ -123,8 +123,9 @@ async def test_after_a_nats_restart_every_node_is_learned_again_and_none_declare
             p.wait(timeout=10)
 
 
+@pytest.mark.parametrize("hang", [0.0, 1.0], ids=["refused", "timing-out"])
 async def test_no_loss_is_begun_while_the_nodes_bucket_does_not_answer(
-    client: Client, services: Services, subjects: Subjects
+    client: Client, services: Services, subjects: Subjects, hang: float
 ) -> None:
     """Chaos seed 71: n2 froze while the nodes bucket elected a leader. Its loss was begun (its
     incarnation revoked in ``leases``) and could not be finished (``nodes`` did not answer);
@@ -139,7 +140,8 @@ async def test_no_loss_is_begun_while_the_nodes_bucket_does_not_answer(
     update, electing = m.nodes.update, True
 
     async def unanswered(key: str, value: bytes, last: int | None = None) -> int:
-        if electing:  # as a stream with no leader answers: not at all
+        if electing:  # as a stream with no leader answers: not at all, at once or after a wait
+            await asyncio.sleep(hang)
             raise nats.errors.TimeoutError
         return int(await update(key, value, last=last))
 

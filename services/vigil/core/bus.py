@@ -289,27 +289,38 @@ class Bus:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         moves = self.nc.stats["reconnects"]
-        pending = {asyncio.ensure_future(self.nc.request(subject, payload, timeout=timeout))}
-        failure: BaseException | None = None
+        sent = [asyncio.ensure_future(self.nc.request(subject, payload, timeout=timeout))]
+        failure: BaseException = TimeoutError(f"no answer on {subject} within {timeout}s")
+        again: float | None = None  # when to send again (after "no responders")
         try:
-            while pending:
-                done, pending = await asyncio.wait(
-                    pending, timeout=RESEND_POLL, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    if task.exception() is None:
-                        return task.result()
-                    failure = task.exception()
-                left = deadline - loop.time()
-                if self.nc.stats["reconnects"] != moves and self.nc.is_connected and left > 0:
-                    moves = self.nc.stats["reconnects"]
-                    pending.add(
+            while (left := deadline - loop.time()) > 0:
+                if self.nc.stats["reconnects"] != moves and self.nc.is_connected:
+                    moves, again = self.nc.stats["reconnects"], loop.time()
+                if again is not None and loop.time() >= again and self.nc.is_connected:
+                    again = None
+                    sent.append(
                         asyncio.ensure_future(self.nc.request(subject, payload, timeout=left))
                     )
+                waiting = {t for t in sent if not t.done()}
+                if not waiting and again is None:
+                    break  # every copy failed, and none is due
+                await asyncio.wait(
+                    waiting or {asyncio.ensure_future(asyncio.sleep(RESEND_POLL))},
+                    timeout=RESEND_POLL,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in [t for t in sent if t.done()]:
+                    sent.remove(task)
+                    if (error := task.exception()) is None:
+                        return task.result()
+                    failure = error
+                    if isinstance(error, NoRespondersError) and again is None:
+                        # just after a reconnect the answerers' interest may not have reached
+                        # our new server yet: ask again shortly
+                        again = loop.time() + 5 * RESEND_POLL
         finally:
-            for task in pending:
+            for task in sent:
                 task.add_done_callback(_consume)
-        assert failure is not None
         raise failure
 
     def stamp(self) -> dict[str, Any]:

@@ -75,7 +75,8 @@ class Membership:
         # meanwhile: its second write, in ``nodes``, would fail, and its first, the revocation
         # in ``leases``, would leave the node grantable by neither bucket (chaos seed 71: a node
         # thawed during the election kept no lease until it was over).
-        self.nodes_failed: float | None = None
+        self.nodes_failed: tuple[float, float] | None = None  # (that write began, it failed)
+        self.nodes_writing: dict[str, float] = {}  # node -> when its grant in ``nodes`` began
         self.tg: asyncio.TaskGroup | None = None
         self.granting: set[tuple[str, str]] = set()  # (node, bucket): a grant being stored
 
@@ -211,12 +212,14 @@ class Membership:
         """Store a grant for ``node`` in one bucket: the incarnation granted and the end of the
         grant stored (None: this bucket may not grant it), or the error. Runs in the task group:
         never raises."""
+        began = time.monotonic()
         try:
             if kind == LEASES:
                 held = await self.grant_lease(node)
                 return ((held.incarnation, held.granted_until) if held else None), None
+            self.nodes_writing[node] = began
             record = await self.grant(node)
-            self.nodes_failed = None
+            self.nodes_answered(began)
             if record is None or record.granted_until is None:
                 return None, None
             return (record.incarnation, record.granted_until), None
@@ -224,10 +227,12 @@ class Membership:
             raise
         except Exception as exc:
             if kind == NODES:
-                self.nodes_failed = time.monotonic()
+                self.nodes_failing(began)
             return None, exc
         finally:
             self.granting.discard((node, kind))
+            if kind == NODES:
+                self.nodes_writing.pop(node, None)
 
     async def grant(self, node: str) -> NodeRecord | None:
         """Store a grant for ``node`` (compare-and-set), and return the record that holds it."""
@@ -393,11 +398,11 @@ class Membership:
         fence = fence_ttl(heartbeat, lease)
         names = sorted(n.name for n in self.config.spec.nodes)
         due = [n for n in names if self.overdue(n, lease, fence) is not None]
-        if due and self.nodes_unanswered(lease):
-            return  # its declaration could not finish: wait until ``nodes`` answers again
         if due:
             await self.drain_heartbeats()
         for node in due:
+            if self.nodes_unanswered(heartbeat, lease):
+                return  # its declaration could not finish: wait until ``nodes`` answers again
             found = self.overdue(node, lease, fence)
             if found is not None:
                 assert self.lease_records is not None
@@ -410,11 +415,26 @@ class Membership:
                     if await self.revoke(node, record, lease, fence):
                         await self.declare_lost(node, record, revision, silent)
 
-    def nodes_unanswered(self, lease: float) -> bool:
-        """Did a write in ``nodes`` fail within a lease, with none stored since? (Only for a
-        lease: with no heartbeat to write, the next declaration is the next try.)"""
+    def nodes_unanswered(self, heartbeat: float, lease: float) -> bool:
+        """Does ``nodes`` look unable to store a write now: one failed within a lease with none
+        begun later stored, or one has waited longer than a heartbeat for its answer (a
+        stream with no leader may keep a write waiting out its timeout)? Only for a lease: with
+        no heartbeat to write, the next declaration is the next try."""
+        at = time.monotonic()
+        if any(at - began > heartbeat for began in self.nodes_writing.values()):
+            return True
         failed = self.nodes_failed
-        return failed is not None and time.monotonic() - failed < lease
+        return failed is not None and at - failed[1] < lease
+
+    def nodes_failing(self, began: float) -> None:
+        failed = self.nodes_failed
+        self.nodes_failed = (max(began, failed[0] if failed else began), time.monotonic())
+
+    def nodes_answered(self, began: float) -> None:
+        """A write in ``nodes`` begun at ``began`` was answered: a failure of a write begun
+        before it no longer says the bucket cannot store."""
+        if self.nodes_failed is not None and began >= self.nodes_failed[0]:
+            self.nodes_failed = None
 
     async def revoke(self, node: str, record: NodeRecord, lease: float, fence: float) -> bool:
         """Revoke ``record``'s incarnation in ``leases`` (first of a loss declaration): True once
@@ -439,21 +459,23 @@ class Membership:
     async def declare_lost(self, node: str, record: NodeRecord, last: int, silent: float) -> None:
         assert self.nodes is not None and self.records is not None
         lost = leases.declare_lost(record, now())
+        began = time.monotonic()
         try:
             revision = await self.nodes.update(node, encode(lost), last=last)
         except KeyWrongLastSequenceError:
             # Not someone else's success unless the record says so: a grant, or another
             # replica's declaration, or our copy was stale. Re-read; the next check decides
             # again on the fresh record (and declares the loss if it still holds).
+            self.nodes_answered(began)
             with contextlib.suppress(Exception):  # no answer: the next check re-reads again
                 fresh = await self.records.reread(node)
                 log.info("node %s: record changed under us, now %s", node, fresh)
             return
         except Exception as exc:  # electing a leader (the other bucket still grants meanwhile)
-            self.nodes_failed = time.monotonic()
+            self.nodes_failing(began)
             log.info("could not declare %s lost (%s); will retry", node, exc)
             return
-        self.nodes_failed = None
+        self.nodes_answered(began)
         self.records.note(node, revision, lost)
         log.warning("node %s lost: silent for %.3fs", node, silent)
         event = NodeLost(**self.bus.stamp(), node=node, silent_for=round(silent, 4))
