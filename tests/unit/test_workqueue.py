@@ -131,3 +131,18 @@ def test_nats_errors_are_classified() -> None:
     assert isinstance(classify(TimeoutError()), Transient)
     assert isinstance(classify(Permanent("x")), Permanent)
     assert classify(ValueError("a bug")) is None
+
+
+def test_a_hint_runs_a_backing_off_key_now_and_its_next_backoff_keeps_growing() -> None:
+    q = queue()
+    q.mark("g1")
+    for n in range(4):  # four failures in a row: backing off 0.4-0.8 s
+        assert q.take(float(n * 10)) == ["g1"]
+        q.done("g1", float(n * 10), Transient("no response from stream"))
+    at = 30.0
+    q.mark("g1")  # a resync waits for the backoff
+    assert q.take(at) == []
+    q.hint("g1")  # its address came back: try now
+    assert q.take(at) == ["g1"]
+    failed = q.done("g1", at, Transient("no response from stream"))
+    assert failed.failures == 5 and failed.retry_in is not None and failed.retry_in >= 0.8

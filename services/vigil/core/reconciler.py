@@ -56,7 +56,8 @@ class Reconciler:
 
     # -- marking -------------------------------------------------------------------------------
     def mark(self, key: str) -> None:
-        self.queue.mark(key)
+        """Something about ``key`` changed: reconcile it soon, even while it backs off."""
+        self.queue.hint(key)
         self.wake.set()
 
     def mark_all(self) -> None:

@@ -1,6 +1,7 @@
 """A keyed work queue, pure (controller-runtime's shape): which key to reconcile, and when.
 
     mark(key) ──> due ──take()──> active ──done(ok)───────────────> idle
+    hint(key) ─┘ (now, even while backing off)
                    ^                 │ done(Conflict) ──> due at once
                    │                 │ done(Transient) ─> backing off (exp., jitter, capped)
                    │                 └ done(Permanent) ─> idle until marked again
@@ -51,6 +52,15 @@ class WorkQueue:
             self.again.add(key)
         else:
             self.due[key] = None
+
+    def hint(self, key: str) -> None:
+        """A change about ``key`` (an event, its record changed): reconcile it soon even while
+        it backs off, as controller-runtime's ``Add`` beside ``AddRateLimited``. Its failures
+        still count, so if it fails again it backs off as long as it would have. (A failing
+        write retried only when its backoff ended started an app 2.7 s after its address came
+        back: chaos seed 3.) A resync uses ``mark``, which waits for the backoff."""
+        self.backoff.pop(key, None)
+        self.mark(key)
 
     def take(self, now: float, limit: int | None = None) -> list[str]:
         """The keys to reconcile now (at most ``limit``), marked active."""
