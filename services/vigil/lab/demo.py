@@ -150,7 +150,12 @@ async def demo(lab: Lab, spec: ClusterSpec, nats_servers: int = 3, secure: bool 
         t_kill = time.time()
         killed = await asyncio.to_thread(lab.kill, victim)
         after = await probe.until(
-            lambda a: a.ok and a.t > t_kill and f"served by {victim}" not in a.text,
+            lambda a: (
+                a.ok
+                and a.t > t_kill
+                and a.text.startswith("served by ")
+                and f"served by {victim} " not in a.text
+            ),
             30,
             "an answer from a surviving node",
         )

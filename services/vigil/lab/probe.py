@@ -3,8 +3,8 @@
     python3 -m vigil.lab.probe --target 10.213.0.101:8080 --interval 0.01 --timeout 0.05
 
 Each line: ``{"t": <unix time>, "ok": true, "body": "served by n1 ..."}`` or
-``{"t": ..., "ok": false, "error": "refused" | "timeout" | ...}``. Stops after ``--duration``
-seconds or ``--count`` attempts (bounded by design), or on SIGTERM.
+``{"t": ..., "ok": false, "error": "refused" | "timeout" | "closed" | ...}``. Stops after
+``--duration`` seconds or ``--count`` attempts (bounded by design), or on SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def attempt(host: str, port: int, timeout: float) -> dict[str, object]:
             data = b""
             while chunk := sock.recv(4096):
                 data += chunk
+        if not data:  # accepted, then closed with no answer (the app killed mid-request)
+            return {"t": started, "ok": False, "error": "closed"}
         body = data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip()
         return {"t": started, "ok": True, "body": body}
     except ConnectionRefusedError:
