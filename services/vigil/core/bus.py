@@ -304,11 +304,12 @@ class Bus:
                 waiting = {t for t in sent if not t.done()}
                 if not waiting and again is None:
                     break  # every copy failed, and none is due
-                await asyncio.wait(
-                    waiting or {asyncio.ensure_future(asyncio.sleep(RESEND_POLL))},
-                    timeout=RESEND_POLL,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                if waiting:
+                    await asyncio.wait(
+                        waiting, timeout=RESEND_POLL, return_when=asyncio.FIRST_COMPLETED
+                    )
+                else:
+                    await asyncio.sleep(RESEND_POLL)  # a copy is due shortly
                 for task in [t for t in sent if t.done()]:
                     sent.remove(task)
                     if (error := task.exception()) is None:
